@@ -1,0 +1,222 @@
+"""Seekable readers over blobs that never hand out a byte before it has been verified.
+
+A blob Stat'ed with a chunk list is read chunk by chunk: a read touches only the chunks that
+cover the requested range, and each chunk's size and BLAKE3 are checked before any of its bytes
+are returned. A blob without a chunk list can only be verified whole, so it is downloaded and
+hashed completely first, kept in memory while small and spooled to an unlinked temporary file
+past a threshold, so that a large unchunked blob never sits in RAM.
+
+For chunked blobs the blob digest itself cannot be checked without reading everything; the
+chunk list is trusted to belong to the blob, as in every castore client.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from typing import IO
+
+from .digest import B3Digest, hasher
+from .errors import BlobNotFound, DigestMismatch, InvalidChunkList
+from .services import BlobService, ChunkMeta
+
+log = logging.getLogger(__name__)
+
+SPOOL_THRESHOLD = 16 << 20
+
+ChunkFetcher = Callable[[ChunkMeta], bytes]
+
+
+def fetch_verified(
+    service: BlobService, meta: ChunkMeta, *, timeout: float | None = None, what: str = "chunk"
+) -> bytes:
+    """Read one chunk (or small blob) whole and return it only if size and digest match."""
+    buf = bytearray()
+    for piece in service.read(meta.digest, timeout=timeout):
+        buf += piece
+        if len(buf) > meta.size:
+            raise DigestMismatch(f"{what} {meta.digest}: server sent more than {meta.size} bytes")
+    if len(buf) != meta.size:
+        raise DigestMismatch(f"{what} {meta.digest}: expected {meta.size} bytes, got {len(buf)}")
+    actual = B3Digest.of(buf)
+    if actual != meta.digest:
+        raise DigestMismatch(f"{what} {meta.digest}: content hashes to {actual}")
+    return bytes(buf)
+
+
+def open_blob_reader(
+    service: BlobService,
+    digest: B3Digest,
+    size: int | None = None,
+    *,
+    timeout: float | None = None,
+    fetch: ChunkFetcher | None = None,
+    spool_threshold: int = SPOOL_THRESHOLD,
+) -> ChunkedReader | WholeBlobReader:
+    """Stat the blob and return the reader that fits its shape.
+
+    `fetch` lets a caller put a cache in front of chunk downloads; it must return verified
+    bytes (wrap `fetch_verified`).
+    """
+    chunks = service.stat(digest, timeout=timeout)
+    if chunks:
+        if fetch is None:
+
+            def fetch(meta: ChunkMeta) -> bytes:
+                return fetch_verified(service, meta, timeout=timeout)
+
+        return ChunkedReader(digest, chunks, fetch, size)
+    return WholeBlobReader(service, digest, size, timeout=timeout, spool_threshold=spool_threshold)
+
+
+class ChunkedReader:
+    """Random access over a chunk list: binary search on cumulative offsets."""
+
+    def __init__(
+        self,
+        digest: B3Digest,
+        chunks: Sequence[ChunkMeta],
+        fetch: ChunkFetcher,
+        size: int | None = None,
+    ) -> None:
+        self.digest = digest
+        self.chunks = tuple(chunks)
+        self._fetch = fetch
+        self._starts = _chunk_starts(digest, self.chunks)
+        self.size: int | None = self._starts[-1]
+        if size is not None and size != self.size:
+            raise InvalidChunkList(
+                f"blob {digest}: chunks add up to {self.size} bytes, expected {size}"
+            )
+        self._lock = threading.Lock()
+        self._last: tuple[int, bytes] | None = None
+
+    def chunk_range(self, offset: int, length: int) -> range:
+        """Indices of the chunks that cover [offset, offset+length), clipped to the blob."""
+        assert self.size is not None
+        end = min(offset + length, self.size)
+        if offset >= end:
+            return range(0)
+        first = bisect.bisect_right(self._starts, offset) - 1
+        last = bisect.bisect_left(self._starts, end) - 1
+        return range(first, last + 1)
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must not be negative")
+        parts = []
+        for index in self.chunk_range(offset, length):
+            data = self._chunk(index)
+            start = self._starts[index]
+            lo = max(offset - start, 0)
+            hi = min(offset + length - start, len(data))
+            parts.append(data[lo:hi] if (lo, hi) != (0, len(data)) else data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _chunk(self, index: int) -> bytes:
+        # One chunk is remembered so that the kernel's 128 KiB reads do not refetch it.
+        last = self._last
+        if last is not None and last[0] == index:
+            return last[1]
+        meta = self.chunks[index]
+        try:
+            data = self._fetch(meta)
+        except BlobNotFound as exc:
+            raise BlobNotFound(f"chunk {meta.digest} of blob {self.digest}: {exc}") from exc
+        self._last = (index, data)
+        return data
+
+    def close(self) -> None:
+        self._last = None
+
+
+def _chunk_starts(digest: B3Digest, chunks: Sequence[ChunkMeta]) -> list[int]:
+    starts = [0]
+    for meta in chunks:
+        if meta.size <= 0:
+            raise InvalidChunkList(f"blob {digest}: chunk {meta.digest} has size {meta.size}")
+        starts.append(starts[-1] + meta.size)
+    return starts
+
+
+class WholeBlobReader:
+    """A blob that arrives as one stream: downloaded and verified whole on first read."""
+
+    def __init__(
+        self,
+        service: BlobService,
+        digest: B3Digest,
+        size: int | None = None,
+        *,
+        timeout: float | None = None,
+        spool_threshold: int = SPOOL_THRESHOLD,
+    ) -> None:
+        self.digest = digest
+        self.size = size
+        self._service = service
+        self._timeout = timeout
+        self._threshold = spool_threshold
+        self._lock = threading.Lock()
+        self._memory: bytes | None = None
+        self._file: IO[bytes] | None = None
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must not be negative")
+        with self._lock:
+            if self._memory is None and self._file is None:
+                self._download()
+        if self._memory is not None:
+            return self._memory[offset : offset + length]
+        assert self._file is not None
+        return os.pread(self._file.fileno(), length, offset)
+
+    def _download(self) -> None:
+        h = hasher()
+        buf = bytearray()
+        spool: IO[bytes] | None = None
+        total = 0
+        try:
+            for piece in self._service.read(self.digest, timeout=self._timeout):
+                total += len(piece)
+                if self.size is not None and total > self.size:
+                    raise DigestMismatch(
+                        f"blob {self.digest}: server sent more than the expected {self.size} bytes"
+                    )
+                h.update(piece)
+                if spool is None:
+                    buf += piece
+                    if len(buf) > self._threshold:
+                        spool = tempfile.TemporaryFile(prefix="castore-blob-")
+                        spool.write(buf)
+                        buf = bytearray()
+                else:
+                    spool.write(piece)
+            if self.size is not None and total != self.size:
+                raise DigestMismatch(
+                    f"blob {self.digest}: expected {self.size} bytes, got {total}"
+                )
+            actual = B3Digest(h.digest())
+            if actual != self.digest:
+                raise DigestMismatch(f"blob {self.digest}: content hashes to {actual}")
+        except BaseException:
+            if spool is not None:
+                spool.close()
+            raise
+        self.size = total
+        if spool is None:
+            self._memory = bytes(buf)
+        else:
+            spool.flush()
+            self._file = spool
+            log.debug("blob %s (%d bytes) spooled to a temporary file", self.digest, total)
+
+    def close(self) -> None:
+        self._memory = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None

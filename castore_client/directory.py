@@ -1,0 +1,237 @@
+"""The castore Directory model: typed nodes, canonical encoding, digest, size and validation.
+
+A Directory's identity is the BLAKE3 of its canonical protobuf encoding, so this module writes
+that encoding itself (a dozen lines) instead of trusting whatever bytes arrived: received
+directories are always re-encoded before hashing.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from .digest import B3Digest
+from .errors import (
+    DuplicateName,
+    InvalidName,
+    InvalidSymlinkTarget,
+    SizeOverflow,
+    UnsortedNames,
+)
+
+MAX_NAME_LEN = 255
+MAX_SYMLINK_TARGET_LEN = 4095
+U64_MAX = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryNode:
+    name: bytes
+    digest: B3Digest
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileNode:
+    name: bytes
+    digest: B3Digest
+    size: int
+    executable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SymlinkNode:
+    name: bytes
+    target: bytes
+
+
+Node = DirectoryNode | FileNode | SymlinkNode
+
+
+class SizeFormula(enum.Enum):
+    """How a Directory's `size` (the number its parent's DirectoryNode carries) is computed.
+
+    Current tvix and every snix server count each entry twice and reject anything else; older
+    tvix counted each entry once. The empty directory is 0 either way.
+    """
+
+    CURRENT = "current"
+    LEGACY = "legacy"
+
+    @property
+    def per_entry(self) -> int:
+        return 2 if self is SizeFormula.CURRENT else 1
+
+
+@dataclass(frozen=True)
+class Directory:
+    directories: tuple[DirectoryNode, ...] = ()
+    files: tuple[FileNode, ...] = ()
+    symlinks: tuple[SymlinkNode, ...] = ()
+    _sizes: dict[SizeFormula, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, nodes: Iterable[Node]) -> Directory:
+        """Build a Directory from nodes in any order (sorted here; not validated)."""
+        dirs: list[DirectoryNode] = []
+        files: list[FileNode] = []
+        links: list[SymlinkNode] = []
+        for node in nodes:
+            if isinstance(node, DirectoryNode):
+                dirs.append(node)
+            elif isinstance(node, FileNode):
+                files.append(node)
+            else:
+                links.append(node)
+
+        def by_name(n: Node) -> bytes:
+            return n.name
+
+        return cls(
+            tuple(sorted(dirs, key=by_name)),
+            tuple(sorted(files, key=by_name)),
+            tuple(sorted(links, key=by_name)),
+        )
+
+    def entries(self) -> Iterator[Node]:
+        """All children in one byte-wise name order, as readdir and NAR rendering want them."""
+        return heapq.merge(self.directories, self.files, self.symlinks, key=lambda n: n.name)
+
+    def __len__(self) -> int:
+        return len(self.directories) + len(self.files) + len(self.symlinks)
+
+    @cached_property
+    def encoded(self) -> bytes:
+        """The canonical protobuf encoding: fields in number order, proto3 defaults omitted."""
+        out = bytearray()
+        for d in self.directories:
+            _put_message(out, 1, _encode_directory_node(d))
+        for f in self.files:
+            _put_message(out, 2, _encode_file_node(f))
+        for s in self.symlinks:
+            _put_message(out, 3, _encode_symlink_node(s))
+        return bytes(out)
+
+    @cached_property
+    def digest(self) -> B3Digest:
+        return B3Digest.of(self.encoded)
+
+    def size(self, formula: SizeFormula = SizeFormula.CURRENT) -> int:
+        """The size a parent's DirectoryNode must announce for this directory."""
+        cached = self._sizes.get(formula)
+        if cached is None:
+            cached = _compute_size(self, formula)
+            self._sizes[formula] = cached
+        return cached
+
+    def validate(self, formula: SizeFormula = SizeFormula.CURRENT) -> None:
+        """Raise a DirectoryValidationError subclass naming the first rule this breaks."""
+        for kind, nodes in (
+            ("directories", self.directories),
+            ("files", self.files),
+            ("symlinks", self.symlinks),
+        ):
+            previous: bytes | None = None
+            for node in nodes:
+                validate_name(node.name)
+                if previous is not None:
+                    if node.name == previous:
+                        raise DuplicateName(f"{node.name!r} appears twice in {kind}")
+                    if node.name < previous:
+                        raise UnsortedNames(f"{kind} not sorted: {node.name!r} after {previous!r}")
+                previous = node.name
+        for link in self.symlinks:
+            validate_symlink_target(link.target, link.name)
+        if len({n.name for n in self.entries()}) != len(self):
+            seen: set[bytes] = set()
+            for node in self.entries():
+                if node.name in seen:
+                    raise DuplicateName(f"{node.name!r} names more than one kind of entry")
+                seen.add(node.name)
+        self.size(formula)
+
+
+def validate_name(name: bytes) -> None:
+    """A name is one path component: non-empty, not `.`/`..`, no `/` or NUL, <= 255 bytes."""
+    if not name:
+        raise InvalidName("empty name")
+    if name in (b".", b".."):
+        raise InvalidName(f"{name!r} is not allowed as a name")
+    if len(name) > MAX_NAME_LEN:
+        raise InvalidName(f"name of {len(name)} bytes exceeds {MAX_NAME_LEN}: {name[:32]!r}...")
+    if b"/" in name or b"\0" in name:
+        raise InvalidName(f"{name!r} contains '/' or NUL")
+
+
+def validate_symlink_target(target: bytes, name: bytes = b"") -> None:
+    if not target:
+        raise InvalidSymlinkTarget(f"symlink {name!r} has an empty target")
+    if len(target) > MAX_SYMLINK_TARGET_LEN:
+        raise InvalidSymlinkTarget(f"symlink {name!r}: target of {len(target)} bytes is too long")
+    if b"\0" in target:
+        raise InvalidSymlinkTarget(f"symlink {name!r}: target contains NUL")
+
+
+def _compute_size(directory: Directory, formula: SizeFormula) -> int:
+    total = formula.per_entry * len(directory)
+    for child in directory.directories:
+        total += child.size
+        if total > U64_MAX:
+            raise SizeOverflow(f"directory size overflows u64 at {child.name!r}")
+    if total > U64_MAX:
+        raise SizeOverflow("directory size overflows u64")
+    return total
+
+
+def _put_varint(out: bytearray, value: int) -> None:
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _put_bytes(out: bytearray, field_number: int, value: bytes) -> None:
+    if value:
+        _put_message(out, field_number, value)
+
+
+def _put_message(out: bytearray, field_number: int, value: bytes) -> None:
+    _put_varint(out, (field_number << 3) | 2)
+    _put_varint(out, len(value))
+    out += value
+
+
+def _put_uint(out: bytearray, field_number: int, value: int) -> None:
+    if value:
+        _put_varint(out, field_number << 3)
+        _put_varint(out, value)
+
+
+def _encode_directory_node(node: DirectoryNode) -> bytes:
+    out = bytearray()
+    _put_bytes(out, 1, node.name)
+    _put_bytes(out, 2, node.digest.raw)
+    _put_uint(out, 3, node.size)
+    return bytes(out)
+
+
+def _encode_file_node(node: FileNode) -> bytes:
+    out = bytearray()
+    _put_bytes(out, 1, node.name)
+    _put_bytes(out, 2, node.digest.raw)
+    _put_uint(out, 3, node.size)
+    _put_uint(out, 4, int(node.executable))
+    return bytes(out)
+
+
+def _encode_symlink_node(node: SymlinkNode) -> bytes:
+    out = bytearray()
+    _put_bytes(out, 1, node.name)
+    _put_bytes(out, 2, node.target)
+    return bytes(out)
+
+
+EMPTY_DIRECTORY = Directory()

@@ -1,0 +1,144 @@
+"""The exceptions every layer of castore-fuse speaks.
+
+Transport code (gRPC) translates its status codes into these in one place
+(`castore_client.grpc.status`), and the filesystem translates these into errno in one place
+(`castore_fuse.errno_map`). Nothing above the transport ever sees a `grpc.RpcError`.
+
+    CastoreError
+    ├── InvalidInput                  the caller's input is malformed (never retried)
+    │   ├── InvalidDigest
+    │   ├── InvalidAddress
+    │   ├── InvalidStorePath
+    │   └── InvalidPathInfo
+    ├── DirectoryValidationError      a Directory breaks the rules of spec section 4
+    │   ├── UnsortedNames, DuplicateName, InvalidName, InvalidNodeDigest,
+    │   └── InvalidSymlinkTarget, SizeOverflow
+    ├── ClosureError                  a set of directories does not form a valid closure
+    │   ├── UnexpectedDirectory, MissingDirectory, DanglingReference,
+    │   └── SizeMismatch, RootCountError
+    ├── NotFound                      BlobNotFound, DirectoryNotFound, PathInfoNotFound
+    ├── CorruptData                   bytes that do not match their digest or declared size
+    │   ├── DigestMismatch
+    │   └── InvalidChunkList
+    ├── ProtocolError                 a peer broke the protocol (bad message shape)
+    ├── Rejected                      the server refused a request (invalid argument, ...)
+    └── Unavailable                   the service could not be reached or timed out
+"""
+
+from __future__ import annotations
+
+
+class CastoreError(Exception):
+    """Base of every error raised by castore_client."""
+
+
+class InvalidInput(CastoreError):
+    """The input given by a caller is malformed."""
+
+
+class InvalidDigest(InvalidInput):
+    pass
+
+
+class InvalidAddress(InvalidInput):
+    pass
+
+
+class InvalidStorePath(InvalidInput):
+    pass
+
+
+class InvalidPathInfo(InvalidInput):
+    pass
+
+
+class DirectoryValidationError(CastoreError):
+    """A Directory violates the structural rules; the message names the offending entry."""
+
+
+class UnsortedNames(DirectoryValidationError):
+    pass
+
+
+class DuplicateName(DirectoryValidationError):
+    pass
+
+
+class InvalidName(DirectoryValidationError):
+    pass
+
+
+class InvalidNodeDigest(DirectoryValidationError):
+    pass
+
+
+class InvalidSymlinkTarget(DirectoryValidationError):
+    pass
+
+
+class SizeOverflow(DirectoryValidationError):
+    pass
+
+
+class ClosureError(CastoreError):
+    """Directories that each look fine but do not fit together as one closure."""
+
+
+class UnexpectedDirectory(ClosureError):
+    pass
+
+
+class MissingDirectory(ClosureError):
+    pass
+
+
+class DanglingReference(ClosureError):
+    pass
+
+
+class SizeMismatch(ClosureError):
+    pass
+
+
+class RootCountError(ClosureError):
+    pass
+
+
+class NotFound(CastoreError):
+    """The object does not exist in the store."""
+
+
+class BlobNotFound(NotFound):
+    pass
+
+
+class DirectoryNotFound(NotFound):
+    pass
+
+
+class PathInfoNotFound(NotFound):
+    pass
+
+
+class CorruptData(CastoreError):
+    """Received bytes disagree with their digest or declared size; they were not used."""
+
+
+class DigestMismatch(CorruptData):
+    pass
+
+
+class InvalidChunkList(CorruptData):
+    pass
+
+
+class ProtocolError(CastoreError):
+    """A peer sent something the protocol does not allow (wrong message shape or order)."""
+
+
+class Rejected(CastoreError):
+    """The server answered with an error status that says the request itself was refused."""
+
+
+class Unavailable(CastoreError):
+    """The service could not be reached, or did not answer before the deadline."""

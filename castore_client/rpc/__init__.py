@@ -1,0 +1,1 @@
+"""The gRPC transport: channels, namespaced method binding, clients and the server."""

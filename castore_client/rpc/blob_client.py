@@ -1,0 +1,89 @@
+"""BlobService over gRPC."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+
+import grpc
+
+from ..chunked_reader import ChunkedReader, WholeBlobReader, open_blob_reader
+from ..digest import B3Digest, hasher
+from ..errors import BlobNotFound, DigestMismatch, InvalidChunkList
+from ..pb import rpc_blobstore_pb2 as bpb
+from ..services import ChunkMeta
+from .endpoint import PUT_MESSAGE, Endpoint
+from .status import translated
+
+log = logging.getLogger(__name__)
+
+SERVICE = "castore.v1.BlobService"
+
+
+class GrpcBlobService:
+    def __init__(self, endpoint: Endpoint, *, timeout: float | None = None) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
+
+    def stat(self, digest: B3Digest, *, timeout: float | None = None) -> list[ChunkMeta]:
+        request = bpb.StatBlobRequest(digest=digest.raw, send_chunks=True)
+        with translated(f"stat blob {digest}", BlobNotFound):
+            response = self.endpoint.unary(
+                SERVICE, "Stat", request, bpb.StatBlobResponse, self._deadline(timeout)
+            )
+        chunks = []
+        for chunk in response.chunks:
+            if len(chunk.digest) != 32:
+                raise InvalidChunkList(f"blob {digest}: a chunk digest of {len(chunk.digest)} bytes")
+            chunks.append(ChunkMeta(B3Digest(chunk.digest), chunk.size))
+        return chunks
+
+    def read(self, digest: B3Digest, *, timeout: float | None = None) -> Iterator[bytes]:
+        request = bpb.ReadBlobRequest(digest=digest.raw)
+        call = self.endpoint.server_stream(
+            SERVICE, "Read", request, bpb.BlobChunk, self._deadline(timeout)
+        )
+        return _pieces(call, digest)
+
+    def open_read(
+        self, digest: B3Digest, size: int | None = None, *, timeout: float | None = None
+    ) -> ChunkedReader | WholeBlobReader:
+        return open_blob_reader(self, digest, size, timeout=self._deadline(timeout))
+
+    def put(self, data: Iterable[bytes], *, timeout: float | None = None) -> B3Digest:
+        h = hasher()
+
+        def messages() -> Iterator[bpb.BlobChunk]:
+            for piece in data:
+                view = memoryview(piece)
+                for start in range(0, len(view), PUT_MESSAGE):
+                    part = view[start : start + PUT_MESSAGE]
+                    h.update(part)
+                    yield bpb.BlobChunk(data=bytes(part))
+
+        with translated("put blob", BlobNotFound):
+            response = self.endpoint.client_stream(
+                SERVICE, "Put", messages(), bpb.BlobChunk, bpb.PutBlobResponse,
+                self._deadline(timeout),
+            )
+        ours = B3Digest(h.digest())
+        if response.digest != ours.raw:
+            raise DigestMismatch(
+                f"put blob {ours}: the server computed {response.digest.hex() or 'nothing'}"
+            )
+        return ours
+
+
+def _pieces(call: Iterator[bpb.BlobChunk], digest: B3Digest) -> Iterator[bytes]:
+    """Unwrap messages; closing the generator early cancels the stream on the server."""
+    try:
+        with translated(f"read blob {digest}", BlobNotFound):
+            for message in call:
+                if message.data:
+                    yield message.data
+    finally:
+        if isinstance(call, grpc.Call):
+            call.cancel()

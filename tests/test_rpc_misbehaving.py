@@ -1,0 +1,211 @@
+"""The gRPC clients against servers that break the protocol: nothing unverified gets through."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from castore_client.address import parse_address
+from castore_client.digest import B3Digest
+from castore_client.errors import (
+    BlobNotFound,
+    DigestMismatch,
+    DirectoryNotFound,
+    InvalidChunkList,
+    InvalidName,
+    MissingDirectory,
+    SizeMismatch,
+    UnexpectedDirectory,
+    UnsortedNames,
+)
+from castore_client.rpc.blob_client import GrpcBlobService
+from castore_client.rpc.directory_client import GrpcDirectoryService
+from castore_client.rpc.endpoint import Endpoint, open_channel
+
+from . import fixtures as fx
+from .scripted_server import scripted_server
+
+GET = "/tvix.castore.v1.DirectoryService/Get"
+STAT = "/tvix.castore.v1.BlobService/Stat"
+READ = "/tvix.castore.v1.BlobService/Read"
+
+
+def directory_service(target: str) -> GrpcDirectoryService:
+    return GrpcDirectoryService(Endpoint(open_channel(parse_address(target))), timeout=10)
+
+
+def blob_service(target: str) -> GrpcBlobService:
+    return GrpcBlobService(Endpoint(open_channel(parse_address(target))), timeout=10)
+
+
+def replies(*messages: bytes):
+    def handler(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        yield from messages
+
+    return handler
+
+
+# A two-level closure: COMPLICATED -> WITH_KEEP. A second child makes order matter.
+OTHER_BYTES = fx.directory(files=[fx.file_node(b"x", fx.b3(b"x"), 1)])
+OTHER_DIGEST = fx.b3(OTHER_BYTES)
+PARENT_BYTES = fx.directory(
+    dirs=[
+        fx.dir_node(b"a", fx.WITH_KEEP_DIGEST, fx.WITH_KEEP_SIZE),
+        fx.dir_node(b"b", OTHER_DIGEST, 2),
+    ]
+)
+PARENT_DIGEST = fx.b3(PARENT_BYTES)
+
+
+def get_all(target: str, root: bytes) -> list[bytes]:
+    return [d.digest.raw for d in directory_service(target).get_recursive(B3Digest(root))]
+
+
+def test_recursive_get_accepts_any_valid_order() -> None:
+    for order in ([fx.WITH_KEEP_BYTES, OTHER_BYTES], [OTHER_BYTES, fx.WITH_KEEP_BYTES]):
+        with scripted_server(streams={GET: replies(PARENT_BYTES, *order)}) as target:
+            got = get_all(target, PARENT_DIGEST)
+        assert got == [PARENT_DIGEST] + [fx.b3(b) for b in order]
+
+
+def test_recursive_get_rejects_child_before_parent() -> None:
+    with scripted_server(
+        streams={GET: replies(fx.WITH_KEEP_BYTES, PARENT_BYTES, OTHER_BYTES)}
+    ) as target, pytest.raises(UnexpectedDirectory):
+        get_all(target, PARENT_DIGEST)
+
+
+def test_recursive_get_rejects_unreferenced_directory() -> None:
+    stranger = fx.directory(files=[fx.file_node(b"y", fx.b3(b"y"), 1)])
+    with scripted_server(
+        streams={GET: replies(PARENT_BYTES, fx.WITH_KEEP_BYTES, OTHER_BYTES, stranger)}
+    ) as target, pytest.raises(UnexpectedDirectory):
+        get_all(target, PARENT_DIGEST)
+
+
+def test_recursive_get_rejects_missing_directory() -> None:
+    with scripted_server(streams={GET: replies(PARENT_BYTES, OTHER_BYTES)}) as target:
+        with pytest.raises(MissingDirectory) as info:
+            get_all(target, PARENT_DIGEST)
+    assert str(B3Digest(fx.WITH_KEEP_DIGEST)) in str(info.value)
+
+
+def test_recursive_get_rejects_duplicate() -> None:
+    with scripted_server(
+        streams={GET: replies(PARENT_BYTES, OTHER_BYTES, OTHER_BYTES, fx.WITH_KEEP_BYTES)}
+    ) as target, pytest.raises(UnexpectedDirectory):
+        get_all(target, PARENT_DIGEST)
+
+
+def test_recursive_get_rejects_wrong_root() -> None:
+    with scripted_server(streams={GET: replies(OTHER_BYTES)}) as target:
+        with pytest.raises(UnexpectedDirectory):
+            get_all(target, PARENT_DIGEST)
+
+
+def test_recursive_get_rejects_wrong_announced_size() -> None:
+    lying_parent = fx.directory(dirs=[fx.dir_node(b"a", fx.WITH_KEEP_DIGEST, 7)])
+    with scripted_server(streams={GET: replies(lying_parent, fx.WITH_KEEP_BYTES)}) as target:
+        with pytest.raises(SizeMismatch):
+            get_all(target, fx.b3(lying_parent))
+
+
+def test_recursive_get_unknown_root_is_not_found() -> None:
+    with scripted_server(streams={GET: replies()}) as target, pytest.raises(DirectoryNotFound):
+        get_all(target, PARENT_DIGEST)
+
+
+def test_get_rejects_digest_mismatch() -> None:
+    with scripted_server(streams={GET: replies(OTHER_BYTES)}) as target:
+        with pytest.raises(DigestMismatch):
+            directory_service(target).get(B3Digest(fx.WITH_KEEP_DIGEST))
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [(b"..", InvalidName), (b"a/b", InvalidName), (b"", InvalidName)],
+)
+def test_get_rejects_invalid_names(name: bytes, error: type[Exception]) -> None:
+    bad = fx.directory(files=[fx.file_node(name, fx.b3(b""), 0)])
+    with scripted_server(streams={GET: replies(bad)}) as target, pytest.raises(error):
+        directory_service(target).get(B3Digest(fx.b3(bad)))
+
+
+def test_get_rejects_unsorted() -> None:
+    bad = fx.directory(
+        files=[fx.file_node(b"b", fx.b3(b""), 0), fx.file_node(b"a", fx.b3(b""), 0)]
+    )
+    with scripted_server(streams={GET: replies(bad)}) as target, pytest.raises(UnsortedNames):
+        directory_service(target).get(B3Digest(fx.b3(bad)))
+
+
+def blob_chunk(data: bytes) -> bytes:
+    return fx.field_bytes(1, data)
+
+
+def stat_reply(*chunks: tuple[bytes, int]):
+    body = b"".join(
+        fx.field_bytes(2, fx.field_bytes(1, digest) + fx.field_uint(2, size))
+        for digest, size in chunks
+    )
+
+    def handler(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return body
+
+    return handler
+
+
+def test_blob_with_flipped_byte_is_rejected_whole() -> None:
+    corrupt = bytearray(fx.BLOB_B)
+    corrupt[1000] ^= 0xFF
+    with scripted_server(
+        unary={STAT: stat_reply()}, streams={READ: replies(blob_chunk(bytes(corrupt)))}
+    ) as target:
+        reader = blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B)))
+        with pytest.raises(DigestMismatch) as info:
+            reader.read_at(0, 10)
+    assert str(B3Digest(fx.b3(fx.BLOB_B))) in str(info.value)
+
+
+def test_truncated_blob_stream_is_rejected() -> None:
+    with scripted_server(
+        unary={STAT: stat_reply()}, streams={READ: replies(blob_chunk(fx.BLOB_B[:4096]))}
+    ) as target, pytest.raises(DigestMismatch):
+        blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B))).read_at(0, 10)
+
+
+def test_chunk_list_that_does_not_add_up_is_rejected() -> None:
+    half = len(fx.BLOB_B) // 2
+    chunks = ((fx.b3(fx.BLOB_B[:half]), half), (fx.b3(fx.BLOB_B[half:]), half - 1))
+    with scripted_server(unary={STAT: stat_reply(*chunks)}, streams={READ: replies()}) as target:
+        with pytest.raises(InvalidChunkList):
+            blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
+
+
+def test_corrupt_chunk_yields_no_bytes() -> None:
+    half = 500_000  # not a multiple of 255, so the two chunks differ
+    first, second = fx.BLOB_B[:half], fx.BLOB_B[half:]
+    chunks = ((fx.b3(first), half), (fx.b3(second), len(second)))
+
+    def read(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        if fx.b3(first) in request:
+            yield blob_chunk(first)
+        else:
+            yield blob_chunk(second[:-1] + b"\x00")
+
+    with scripted_server(unary={STAT: stat_reply(*chunks)}, streams={READ: read}) as target:
+        reader = blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
+        assert reader.read_at(10, 20) == fx.BLOB_B[10:30]
+        with pytest.raises(DigestMismatch) as info:
+            reader.read_at(half - 5, 10)
+    assert str(B3Digest(fx.b3(second))) in str(info.value)
+
+
+def test_missing_blob_is_not_found() -> None:
+    def missing(request: bytes, context: grpc.ServicerContext) -> bytes:
+        context.abort(grpc.StatusCode.NOT_FOUND, "no such blob")
+
+    with scripted_server(unary={STAT: missing}) as target, pytest.raises(BlobNotFound):
+        blob_service(target).open_read(B3Digest(fx.b3(b"nope")))
