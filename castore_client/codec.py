@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from .digest import B3Digest
 from .directory import Directory, DirectoryNode, FileNode, Node, SymlinkNode
-from .errors import InvalidNodeDigest, ProtocolError
-from .pb import castore_pb2
+from .errors import InvalidNodeDigest, InvalidPathInfo, InvalidStorePath, ProtocolError
+from .pathinfo import ContentAddress, HashType, NarInfo, PathInfo, Signature
+from .pb import castore_pb2, pathinfo_pb2
+from .storepath import StorePath
 
 DIGEST_LEN = 32
 
@@ -82,3 +84,67 @@ def node_to_pb(node: Node) -> castore_pb2.Node:
             )
         )
     return castore_pb2.Node(symlink=castore_pb2.SymlinkNode(name=node.name, target=node.target))
+
+
+def _store_path_from_pb(msg: pathinfo_pb2.StorePath) -> StorePath:
+    try:
+        return StorePath(bytes(msg.digest), msg.name)
+    except InvalidStorePath as exc:
+        raise InvalidPathInfo(f"deriver: {exc}") from None
+
+
+def _ca_from_pb(msg: pathinfo_pb2.NARInfo.CA) -> ContentAddress:
+    try:
+        return ContentAddress(HashType(msg.type), bytes(msg.digest))
+    except ValueError:
+        raise InvalidPathInfo(f"ca has unknown hash type {msg.type}") from None
+
+
+def path_info_from_pb(msg: pathinfo_pb2.PathInfo) -> PathInfo:
+    """Convert without validating (PathInfo.validate is the gate); shape errors still raise."""
+    node = node_from_pb(msg.node) if msg.HasField("node") else None
+    narinfo = None
+    if msg.HasField("narinfo"):
+        n = msg.narinfo
+        narinfo = NarInfo(
+            nar_size=n.nar_size,
+            nar_sha256=bytes(n.nar_sha256),
+            signatures=tuple(Signature(s.name, bytes(s.data)) for s in n.signatures),
+            reference_names=tuple(n.reference_names),
+            deriver=_store_path_from_pb(n.deriver) if n.HasField("deriver") else None,
+            ca=_ca_from_pb(n.ca) if n.HasField("ca") else None,
+        )
+    return PathInfo(node=node, references=tuple(bytes(r) for r in msg.references), narinfo=narinfo)
+
+
+def path_info_to_pb(path_info: PathInfo) -> pathinfo_pb2.PathInfo:
+    msg = pathinfo_pb2.PathInfo(references=list(path_info.references))
+    if path_info.node is not None:
+        msg.node.CopyFrom(node_to_pb(path_info.node))
+    n = path_info.narinfo
+    if n is not None:
+        msg.narinfo.nar_size = n.nar_size
+        msg.narinfo.nar_sha256 = n.nar_sha256
+        msg.narinfo.reference_names.extend(n.reference_names)
+        for s in n.signatures:
+            msg.narinfo.signatures.add(name=s.name, data=s.data)
+        if n.deriver is not None:
+            msg.narinfo.deriver.name = n.deriver.name
+            msg.narinfo.deriver.digest = n.deriver.digest
+        if n.ca is not None:
+            msg.narinfo.ca.type = int(n.ca.hash_type)
+            msg.narinfo.ca.digest = n.ca.digest
+    return msg
+
+
+def encode_path_info(path_info: PathInfo) -> bytes:
+    return path_info_to_pb(path_info).SerializeToString(deterministic=True)
+
+
+def decode_path_info(data: bytes) -> PathInfo:
+    msg = pathinfo_pb2.PathInfo()
+    try:
+        msg.ParseFromString(data)
+    except Exception as exc:  # the protobuf runtime raises its own DecodeError
+        raise ProtocolError(f"undecodable PathInfo: {exc}") from None
+    return path_info_from_pb(msg)

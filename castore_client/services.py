@@ -11,8 +11,8 @@ subclass, never returns None, so that "absent" cannot be confused with "empty".
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .digest import B3Digest
@@ -105,3 +105,23 @@ class PathInfoService(Protocol):
     def calculate_nar(self, node: Node, *, timeout: float | None = None) -> tuple[int, bytes]:
         """(nar_size, nar_sha256) of the NAR serialisation of `node`."""
         ...
+
+
+@dataclass
+class Services:
+    """The three services a mount, an import or a server works with, wherever they live."""
+
+    blobs: BlobService
+    directories: DirectoryService
+    path_infos: PathInfoService
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        while self.closers:
+            self.closers.pop()()
+
+    def __enter__(self) -> Services:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

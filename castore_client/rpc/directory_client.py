@@ -10,7 +10,7 @@ from ..closure import DownloadValidator, UploadValidator
 from ..codec import directory_from_pb, directory_to_pb
 from ..digest import B3Digest
 from ..directory import Directory, SizeFormula
-from ..errors import DigestMismatch, DirectoryNotFound, ProtocolError
+from ..errors import DigestMismatch, DirectoryNotFound, ProtocolError, Rejected
 from ..pb import castore_pb2 as cpb
 from ..pb import rpc_directory_pb2 as dpb
 from .endpoint import Endpoint
@@ -82,11 +82,15 @@ class GrpcDirectoryService:
                 validator.add(directory)
                 yield directory_to_pb(directory)
 
-        with translated("put directories", DirectoryNotFound):
-            response = self.endpoint.client_stream(
-                SERVICE, "Put", messages(), cpb.Directory, dpb.PutDirectoryResponse,
-                self._deadline(timeout),
-            )
+        try:
+            with translated("put directories", DirectoryNotFound):
+                response = self.endpoint.client_stream(
+                    SERVICE, "Put", messages(), cpb.Directory, dpb.PutDirectoryResponse,
+                    self._deadline(timeout),
+                )
+        except Rejected:
+            validator.finish()  # names the reason precisely when it is ours to see
+            raise
         root = validator.finish()
         if response.root_digest != root.raw:
             raise DigestMismatch(

@@ -1,0 +1,1 @@
+"""A read-only FUSE filesystem over a castore: the `castore` command and the mount."""
