@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import pathlib
 import resource
 import socket
@@ -52,14 +51,12 @@ def peak_rss_mib() -> float:
 
 # --- roles run in child processes -------------------------------------------------------------
 
+
 def role_ceiling_server(port: int, size: int) -> None:
     import grpc
 
-    block = b"\xa5" * MIB
-
     def download(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        for offset in range(0, size, MIB):
-            yield block[: min(MIB, size - offset)]
+        yield from payload(size)
 
     def upload(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         total = sum(len(r) for r in requests)
@@ -96,8 +93,7 @@ def role_ceiling_client(port: int, size: int, direction: str) -> dict[str, float
         total = sum(len(m) for m in call(b""))
     else:
         call = channel.stream_unary("/bench.Ceiling/Upload", ident, ident)
-        block = b"\x5a" * MIB
-        total = int.from_bytes(call(block for _ in range(0, size, MIB)), "little")
+        total = int.from_bytes(call(payload(size)), "little")
     elapsed = time.perf_counter() - start
     assert total == size, (total, size)
     return {"seconds": elapsed, "rss_mib": peak_rss_mib()}
@@ -125,6 +121,7 @@ def role_castore_client(port: int, size: int, direction: str, digest_text: str) 
 
 
 # --- the driver ---------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def background(*argv: str, ready: str) -> Iterator[subprocess.Popen[str]]:
@@ -155,10 +152,14 @@ def run_child(*args: str) -> dict[str, object]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--json", type=pathlib.Path, default=ROOT / "bench/results/blob_transfer.json")
+    parser.add_argument(
+        "--json", type=pathlib.Path, default=ROOT / "bench/results/blob_transfer.json"
+    )
     parser.add_argument("--role", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--direction", help=argparse.SUPPRESS)
@@ -180,27 +181,67 @@ def main() -> int:
         k: [] for k in ("ceiling upload", "ceiling download", "castore upload", "castore download")
     }
     ceiling_port, castore_port = free_port(), free_port()
-    with background(
-        sys.executable, __file__, "--role", "ceiling-server", "--port", str(ceiling_port),
-        "--size-mib", str(args.size_mib), ready="ready",
-    ), background(
-        sys.executable, "-m", "castore_fuse", "serve", "--store", "memory://",
-        "--listen", f"grpc+http://127.0.0.1:{castore_port}", ready="ready on",
+    with (
+        background(
+            sys.executable,
+            __file__,
+            "--role",
+            "ceiling-server",
+            "--port",
+            str(ceiling_port),
+            "--size-mib",
+            str(args.size_mib),
+            ready="ready",
+        ),
+        background(
+            sys.executable,
+            "-m",
+            "castore_fuse",
+            "serve",
+            "--store",
+            "memory://",
+            "--listen",
+            f"grpc+http://127.0.0.1:{castore_port}",
+            ready="ready on",
+        ),
     ):
         common = ["--size-mib", str(args.size_mib)]
         for _ in range(args.runs):
             for direction in ("upload", "download"):
-                results[f"ceiling {direction}"].append(run_child(
-                    "--role", "ceiling-client", "--port", str(ceiling_port),
-                    "--direction", direction, *common,
-                ))
-            up = run_child("--role", "castore-client", "--port", str(castore_port),
-                           "--direction", "upload", *common)
+                results[f"ceiling {direction}"].append(
+                    run_child(
+                        "--role",
+                        "ceiling-client",
+                        "--port",
+                        str(ceiling_port),
+                        "--direction",
+                        direction,
+                        *common,
+                    )
+                )
+            up = run_child(
+                "--role",
+                "castore-client",
+                "--port",
+                str(castore_port),
+                "--direction",
+                "upload",
+                *common,
+            )
             results["castore upload"].append(up)
-            results["castore download"].append(run_child(
-                "--role", "castore-client", "--port", str(castore_port),
-                "--direction", "download", "--digest", str(up["digest"]), *common,
-            ))
+            results["castore download"].append(
+                run_child(
+                    "--role",
+                    "castore-client",
+                    "--port",
+                    str(castore_port),
+                    "--direction",
+                    "download",
+                    "--digest",
+                    str(up["digest"]),
+                    *common,
+                )
+            )
 
     summary = {}
     for name, runs in results.items():
@@ -220,14 +261,18 @@ def main() -> int:
     print(f"blob of {args.size_mib} MiB over loopback, median of {args.runs} runs")
     print(f"{'measurement':<18} {'MB/s':>8} {'seconds':>8} {'client peak RSS MiB':>20}")
     for name, row in summary.items():
-        print(f"{name:<18} {row['median_mb_per_s']:>8.0f} {row['median_seconds']:>8.2f} "
-              f"{row['peak_rss_mib']:>20.0f}")
+        print(
+            f"{name:<18} {row['median_mb_per_s']:>8.0f} {row['median_seconds']:>8.2f} "
+            f"{row['peak_rss_mib']:>20.0f}"
+        )
     for name, ratio in ratios.items():
         print(f"{name:<18} {ratio:>8.0%}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(
-        {"size_bytes": size, "runs": args.runs, "summary": summary, "ratios": ratios}, indent=2
-    ))
+    args.json.write_text(
+        json.dumps(
+            {"size_bytes": size, "runs": args.runs, "summary": summary, "ratios": ratios}, indent=2
+        )
+    )
     print(f"wrote {args.json}")
     return 0
 

@@ -17,7 +17,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO
 
 from .digest import B3Digest, hasher
@@ -69,12 +69,20 @@ def open_blob_reader(
             def fetch(meta: ChunkMeta) -> bytes:
                 return fetch_verified(service, meta, timeout=timeout)
 
-        return ChunkedReader(digest, chunks, fetch, size)
+        def stream() -> Iterator[bytes]:
+            return service.read(digest, timeout=timeout)
+
+        return ChunkedReader(digest, chunks, fetch, size, stream=stream)
     return WholeBlobReader(service, digest, size, timeout=timeout, spool_threshold=spool_threshold)
 
 
 class ChunkedReader:
-    """Random access over a chunk list: binary search on cumulative offsets."""
+    """Random access over a chunk list: binary search on cumulative offsets.
+
+    Reads that start at the beginning and go forward are served from one Read of the whole
+    blob, cut at the chunk boundaries and verified chunk by chunk as the bytes arrive: one
+    stream instead of one round trip per chunk. Any other access fetches single chunks.
+    """
 
     def __init__(
         self,
@@ -82,10 +90,13 @@ class ChunkedReader:
         chunks: Sequence[ChunkMeta],
         fetch: ChunkFetcher,
         size: int | None = None,
+        *,
+        stream: Callable[[], Iterator[bytes]] | None = None,
     ) -> None:
         self.digest = digest
         self.chunks = tuple(chunks)
         self._fetch = fetch
+        self._open_stream = stream
         self._starts = _chunk_starts(digest, self.chunks)
         self.size: int | None = self._starts[-1]
         if size is not None and size != self.size:
@@ -94,6 +105,8 @@ class ChunkedReader:
             )
         self._lock = threading.Lock()
         self._last: tuple[int, bytes] | None = None
+        self._stream: Iterator[bytes] | None = None
+        self._stream_next = 0
 
     def chunk_range(self, offset: int, length: int) -> range:
         """Indices of the chunks that cover [offset, offset+length), clipped to the blob."""
@@ -109,12 +122,13 @@ class ChunkedReader:
         if offset < 0 or length < 0:
             raise ValueError("offset and length must not be negative")
         parts = []
-        for index in self.chunk_range(offset, length):
-            data = self._chunk(index)
-            start = self._starts[index]
-            lo = max(offset - start, 0)
-            hi = min(offset + length - start, len(data))
-            parts.append(data[lo:hi] if (lo, hi) != (0, len(data)) else data)
+        with self._lock:
+            for index in self.chunk_range(offset, length):
+                data = self._chunk(index)
+                start = self._starts[index]
+                lo = max(offset - start, 0)
+                hi = min(offset + length - start, len(data))
+                parts.append(data[lo:hi] if (lo, hi) != (0, len(data)) else data)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _chunk(self, index: int) -> bytes:
@@ -124,14 +138,81 @@ class ChunkedReader:
             return last[1]
         meta = self.chunks[index]
         try:
-            data = self._fetch(meta)
+            data = self._from_stream(index)
+            if data is None:
+                data = self._fetch(meta)
         except BlobNotFound as exc:
             raise BlobNotFound(f"chunk {meta.digest} of blob {self.digest}: {exc}") from exc
         self._last = (index, data)
         return data
 
+    def _from_stream(self, index: int) -> bytes | None:
+        if self._open_stream is None:
+            return None
+        if self._stream is None:
+            if index != 0:
+                return None
+            self._stream = _verified_chunks(self._open_stream(), self.digest, self.chunks)
+            self._stream_next = 0
+        if index != self._stream_next:
+            self._close_stream()
+            return None
+        try:
+            data = next(self._stream)
+        except BaseException:
+            self._close_stream()
+            raise
+        self._stream_next += 1
+        if self._stream_next == len(self.chunks):
+            self._close_stream()
+        return data
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
     def close(self) -> None:
-        self._last = None
+        with self._lock:
+            self._close_stream()
+            self._last = None
+
+
+def _verified_chunks(
+    pieces: Iterator[bytes], digest: B3Digest, chunks: Sequence[ChunkMeta]
+) -> Iterator[bytes]:
+    """Cut a whole-blob stream at the chunk boundaries; yield each chunk once it verifies."""
+    buf = bytearray()
+    index = 0
+    try:
+        for piece in pieces:
+            if not buf and index < len(chunks) and len(piece) == chunks[index].size:
+                yield _verify_chunk(piece, chunks[index], digest)
+                index += 1
+                continue
+            buf += piece
+            while index < len(chunks) and len(buf) >= chunks[index].size:
+                size = chunks[index].size
+                data = bytes(buf[:size])
+                del buf[:size]
+                yield _verify_chunk(data, chunks[index], digest)
+                index += 1
+            if index == len(chunks) and buf:
+                raise DigestMismatch(f"blob {digest}: server sent more bytes than its chunks hold")
+        if index != len(chunks):
+            raise DigestMismatch(f"blob {digest}: stream ended inside chunk {index}")
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
+
+
+def _verify_chunk(data: bytes, meta: ChunkMeta, blob: B3Digest) -> bytes:
+    actual = B3Digest.of(data)
+    if actual != meta.digest:
+        raise DigestMismatch(f"chunk {meta.digest} of blob {blob}: content hashes to {actual}")
+    return data
 
 
 def _chunk_starts(digest: B3Digest, chunks: Sequence[ChunkMeta]) -> list[int]:
@@ -197,9 +278,7 @@ class WholeBlobReader:
                 else:
                     spool.write(piece)
             if self.size is not None and total != self.size:
-                raise DigestMismatch(
-                    f"blob {self.digest}: expected {self.size} bytes, got {total}"
-                )
+                raise DigestMismatch(f"blob {self.digest}: expected {self.size} bytes, got {total}")
             actual = B3Digest(h.digest())
             if actual != self.digest:
                 raise DigestMismatch(f"blob {self.digest}: content hashes to {actual}")

@@ -33,7 +33,11 @@ class B3Digest:
     @classmethod
     def of(cls, data: bytes | bytearray | memoryview) -> B3Digest:
         """Hash `data`; large inputs use all cores, since hashing sits on every read path."""
-        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO) if len(data) > 1 << 20 else blake3.blake3()
+        hasher = (
+            blake3.blake3(max_threads=blake3.blake3.AUTO)
+            if len(data) > 1 << 20
+            else blake3.blake3()
+        )
         hasher.update(data)
         return cls(hasher.digest())
 
@@ -53,6 +57,8 @@ class B3Digest:
             raw = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InvalidDigest(f"{text!r}: not valid base64 ({exc})") from None
+        if base64.b64encode(raw).decode("ascii") != encoded:
+            raise InvalidDigest(f"{text!r}: not the canonical base64 of any digest")
         return cls(raw)
 
     def __str__(self) -> str:

@@ -71,7 +71,9 @@ class Directory:
     directories: tuple[DirectoryNode, ...] = ()
     files: tuple[FileNode, ...] = ()
     symlinks: tuple[SymlinkNode, ...] = ()
-    _sizes: dict[SizeFormula, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _sizes: dict[SizeFormula, int] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def of(cls, nodes: Iterable[Node]) -> Directory:
@@ -137,6 +139,8 @@ class Directory:
             previous: bytes | None = None
             for node in nodes:
                 validate_name(node.name)
+                if not isinstance(node, SymlinkNode) and not 0 <= node.size <= U64_MAX:
+                    raise SizeOverflow(f"{node.name!r}: size {node.size} is not a u64")
                 if previous is not None:
                     if node.name == previous:
                         raise DuplicateName(f"{node.name!r} appears twice in {kind}")

@@ -40,7 +40,9 @@ def field_uint(number: int, value: int) -> bytes:
 
 def file_node(name: bytes, digest: bytes, size: int, executable: bool = False) -> bytes:
     return (
-        field_bytes(1, name) + field_bytes(2, digest) + field_uint(3, size)
+        field_bytes(1, name)
+        + field_bytes(2, digest)
+        + field_uint(3, size)
         + field_uint(4, int(executable))
     )
 

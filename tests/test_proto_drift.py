@@ -25,8 +25,13 @@ def test_generated_code_matches_protos(tmp_path: pathlib.Path) -> None:
 
 
 def test_wire_names_are_the_tvix_packages() -> None:
-    from castore_client.pb import castore_pb2, pathinfo_pb2, rpc_blobstore_pb2, rpc_directory_pb2
-    from castore_client.pb import rpc_pathinfo_pb2
+    from castore_client.pb import (
+        castore_pb2,
+        pathinfo_pb2,
+        rpc_blobstore_pb2,
+        rpc_directory_pb2,
+        rpc_pathinfo_pb2,
+    )
 
     assert castore_pb2.Directory.DESCRIPTOR.full_name == "tvix.castore.v1.Directory"
     assert pathinfo_pb2.PathInfo.DESCRIPTOR.full_name == "tvix.store.v1.PathInfo"

@@ -71,17 +71,23 @@ def test_recursive_get_accepts_any_valid_order() -> None:
 
 
 def test_recursive_get_rejects_child_before_parent() -> None:
-    with scripted_server(
-        streams={GET: replies(fx.WITH_KEEP_BYTES, PARENT_BYTES, OTHER_BYTES)}
-    ) as target, pytest.raises(UnexpectedDirectory):
+    with (
+        scripted_server(
+            streams={GET: replies(fx.WITH_KEEP_BYTES, PARENT_BYTES, OTHER_BYTES)}
+        ) as target,
+        pytest.raises(UnexpectedDirectory),
+    ):
         get_all(target, PARENT_DIGEST)
 
 
 def test_recursive_get_rejects_unreferenced_directory() -> None:
     stranger = fx.directory(files=[fx.file_node(b"y", fx.b3(b"y"), 1)])
-    with scripted_server(
-        streams={GET: replies(PARENT_BYTES, fx.WITH_KEEP_BYTES, OTHER_BYTES, stranger)}
-    ) as target, pytest.raises(UnexpectedDirectory):
+    with (
+        scripted_server(
+            streams={GET: replies(PARENT_BYTES, fx.WITH_KEEP_BYTES, OTHER_BYTES, stranger)}
+        ) as target,
+        pytest.raises(UnexpectedDirectory),
+    ):
         get_all(target, PARENT_DIGEST)
 
 
@@ -93,9 +99,12 @@ def test_recursive_get_rejects_missing_directory() -> None:
 
 
 def test_recursive_get_rejects_duplicate() -> None:
-    with scripted_server(
-        streams={GET: replies(PARENT_BYTES, OTHER_BYTES, OTHER_BYTES, fx.WITH_KEEP_BYTES)}
-    ) as target, pytest.raises(UnexpectedDirectory):
+    with (
+        scripted_server(
+            streams={GET: replies(PARENT_BYTES, OTHER_BYTES, OTHER_BYTES, fx.WITH_KEEP_BYTES)}
+        ) as target,
+        pytest.raises(UnexpectedDirectory),
+    ):
         get_all(target, PARENT_DIGEST)
 
 
@@ -134,9 +143,7 @@ def test_get_rejects_invalid_names(name: bytes, error: type[Exception]) -> None:
 
 
 def test_get_rejects_unsorted() -> None:
-    bad = fx.directory(
-        files=[fx.file_node(b"b", fx.b3(b""), 0), fx.file_node(b"a", fx.b3(b""), 0)]
-    )
+    bad = fx.directory(files=[fx.file_node(b"b", fx.b3(b""), 0), fx.file_node(b"a", fx.b3(b""), 0)])
     with scripted_server(streams={GET: replies(bad)}) as target, pytest.raises(UnsortedNames):
         directory_service(target).get(B3Digest(fx.b3(bad)))
 
@@ -170,9 +177,12 @@ def test_blob_with_flipped_byte_is_rejected_whole() -> None:
 
 
 def test_truncated_blob_stream_is_rejected() -> None:
-    with scripted_server(
-        unary={STAT: stat_reply()}, streams={READ: replies(blob_chunk(fx.BLOB_B[:4096]))}
-    ) as target, pytest.raises(DigestMismatch):
+    with (
+        scripted_server(
+            unary={STAT: stat_reply()}, streams={READ: replies(blob_chunk(fx.BLOB_B[:4096]))}
+        ) as target,
+        pytest.raises(DigestMismatch),
+    ):
         blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B))).read_at(0, 10)
 
 
@@ -184,23 +194,59 @@ def test_chunk_list_that_does_not_add_up_is_rejected() -> None:
             blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
 
 
-def test_corrupt_chunk_yields_no_bytes() -> None:
-    half = 500_000  # not a multiple of 255, so the two chunks differ
-    first, second = fx.BLOB_B[:half], fx.BLOB_B[half:]
-    chunks = ((fx.b3(first), half), (fx.b3(second), len(second)))
+HALF = 500_000  # not a multiple of 255, so the two halves of BLOB_B differ
+FIRST, SECOND = fx.BLOB_B[:HALF], fx.BLOB_B[HALF:]
+TWO_CHUNKS = ((fx.b3(FIRST), len(FIRST)), (fx.b3(SECOND), len(SECOND)))
+
+
+def chunk_server(first: bytes, second: bytes, piece: int = 4096):  # type: ignore[no-untyped-def]
+    """Serve BLOB_B as two chunks whose stored bytes are `first` and `second`, in small
+    messages as real servers send them."""
 
     def read(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        if fx.b3(first) in request:
-            yield blob_chunk(first)
+        if fx.b3(FIRST) in request:
+            data = first
+        elif fx.b3(SECOND) in request:
+            data = second
         else:
-            yield blob_chunk(second[:-1] + b"\x00")
+            data = first + second
+        for i in range(0, len(data), piece):
+            yield blob_chunk(data[i : i + piece])
 
-    with scripted_server(unary={STAT: stat_reply(*chunks)}, streams={READ: read}) as target:
+    return scripted_server(unary={STAT: stat_reply(*TWO_CHUNKS)}, streams={READ: read})
+
+
+@pytest.mark.parametrize("piece", [4096, 1000, 1 << 20])
+def test_sequential_and_random_reads_over_any_message_size(piece: int) -> None:
+    with chunk_server(FIRST, SECOND, piece) as target:
         reader = blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
-        assert reader.read_at(10, 20) == fx.BLOB_B[10:30]
+        step = 128 << 10
+        out = b"".join(reader.read_at(o, step) for o in range(0, len(fx.BLOB_B), step))
+        assert out == fx.BLOB_B
+        assert reader.read_at(HALF - 5, 10) == fx.BLOB_B[HALF - 5 : HALF + 5]
+        assert reader.read_at(3, 4) == fx.BLOB_B[3:7]
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_corrupt_chunk_yields_no_bytes(sequential: bool) -> None:
+    with chunk_server(FIRST, SECOND[:-1] + b"\x00") as target:
+        reader = blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
+        if sequential:
+            assert reader.read_at(0, 20) == fx.BLOB_B[:20]
         with pytest.raises(DigestMismatch) as info:
-            reader.read_at(half - 5, 10)
-    assert str(B3Digest(fx.b3(second))) in str(info.value)
+            reader.read_at(HALF - 5, 10)
+        assert reader.read_at(10, 20) == fx.BLOB_B[10:30]
+    assert str(B3Digest(fx.b3(SECOND))) in str(info.value)
+
+
+def test_trailing_garbage_is_never_served() -> None:
+    with chunk_server(FIRST, SECOND + b"extra") as target:
+        reader = blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
+        assert reader.read_at(0, 10) == fx.BLOB_B[:10]
+        assert reader.read_at(HALF, 1 << 20) == SECOND
+        fresh = blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
+        with pytest.raises(DigestMismatch):  # a single-chunk fetch sees the excess
+            fresh.read_at(HALF, 2)
 
 
 def test_missing_blob_is_not_found() -> None:

@@ -19,7 +19,9 @@ def ident(data: bytes) -> bytes:
 
 
 @pytest.fixture(params=["tvix", "snix"])
-def wire(request: pytest.FixtureRequest, server: CastoreServer) -> Iterator[tuple[grpc.Channel, str]]:
+def wire(
+    request: pytest.FixtureRequest, server: CastoreServer
+) -> Iterator[tuple[grpc.Channel, str]]:
     target = server.address
     with grpc.insecure_channel(target.grpc_target()) as channel:
         yield channel, request.param

@@ -37,7 +37,9 @@ class GrpcBlobService:
         chunks = []
         for chunk in response.chunks:
             if len(chunk.digest) != 32:
-                raise InvalidChunkList(f"blob {digest}: a chunk digest of {len(chunk.digest)} bytes")
+                raise InvalidChunkList(
+                    f"blob {digest}: a chunk digest of {len(chunk.digest)} bytes"
+                )
             chunks.append(ChunkMeta(B3Digest(chunk.digest), chunk.size))
         return chunks
 
@@ -66,7 +68,11 @@ class GrpcBlobService:
 
         with translated("put blob", BlobNotFound):
             response = self.endpoint.client_stream(
-                SERVICE, "Put", messages(), bpb.BlobChunk, bpb.PutBlobResponse,
+                SERVICE,
+                "Put",
+                messages(),
+                bpb.BlobChunk,
+                bpb.PutBlobResponse,
                 self._deadline(timeout),
             )
         ours = B3Digest(h.digest())

@@ -34,7 +34,9 @@ class GrpcDirectoryService:
     def _deadline(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is None else timeout
 
-    def _stream(self, digest: B3Digest, recursive: bool, timeout: float | None) -> Iterator[cpb.Directory]:
+    def _stream(
+        self, digest: B3Digest, recursive: bool, timeout: float | None
+    ) -> Iterator[cpb.Directory]:
         request = dpb.GetDirectoryRequest(digest=digest.raw, recursive=recursive)
         return self.endpoint.server_stream(  # type: ignore[no-any-return]
             SERVICE, "Get", request, cpb.Directory, self._deadline(timeout)
@@ -53,7 +55,9 @@ class GrpcDirectoryService:
             raise ProtocolError(f"directory {digest}: {len(messages)} answers to a single Get")
         directory = directory_from_pb(messages[0])
         if directory.digest != digest:
-            raise DigestMismatch(f"directory {digest}: received one that hashes to {directory.digest}")
+            raise DigestMismatch(
+                f"directory {digest}: received one that hashes to {directory.digest}"
+            )
         directory.validate(self.formula)
         return directory
 
@@ -85,7 +89,11 @@ class GrpcDirectoryService:
         try:
             with translated("put directories", DirectoryNotFound):
                 response = self.endpoint.client_stream(
-                    SERVICE, "Put", messages(), cpb.Directory, dpb.PutDirectoryResponse,
+                    SERVICE,
+                    "Put",
+                    messages(),
+                    cpb.Directory,
+                    dpb.PutDirectoryResponse,
                     self._deadline(timeout),
                 )
         except Rejected:

@@ -123,19 +123,37 @@ class Endpoint:
         return found
 
     def unary(
-        self, service: str, method: str, request: Any, response_type: type[Resp], timeout: float | None
+        self,
+        service: str,
+        method: str,
+        request: Any,
+        response_type: type[Resp],
+        timeout: float | None,
     ) -> Resp:
         call = self._callable(
-            "unary_unary", service, method, type(request).SerializeToString, response_type.FromString
+            "unary_unary",
+            service,
+            method,
+            type(request).SerializeToString,
+            response_type.FromString,
         )
         return call(request, timeout=timeout)  # type: ignore[no-any-return]
 
     def server_stream(
-        self, service: str, method: str, request: Any, response_type: type[Resp], timeout: float | None
+        self,
+        service: str,
+        method: str,
+        request: Any,
+        response_type: type[Resp],
+        timeout: float | None,
     ) -> Iterator[Resp]:
         """The response iterator; it is also a grpc.Call, so `.cancel()` stops the stream."""
         call = self._callable(
-            "unary_stream", service, method, type(request).SerializeToString, response_type.FromString
+            "unary_stream",
+            service,
+            method,
+            type(request).SerializeToString,
+            response_type.FromString,
         )
         return call(request, timeout=timeout)  # type: ignore[no-any-return]
 
@@ -154,7 +172,11 @@ class Endpoint:
         an anonymous CANCELLED status, losing the reason.
         """
         call = self._callable(
-            "stream_unary", service, method, request_type.SerializeToString, response_type.FromString
+            "stream_unary",
+            service,
+            method,
+            request_type.SerializeToString,
+            response_type.FromString,
         )
         failure: list[BaseException] = []
 

@@ -67,7 +67,10 @@ class GrpcPathInfoService:
     def calculate_nar(self, node: Node, *, timeout: float | None = None) -> tuple[int, bytes]:
         with translated("calculate NAR", PathInfoNotFound):
             response = self.endpoint.unary(
-                SERVICE, "CalculateNAR", node_to_pb(node), rppb.CalculateNARResponse,
+                SERVICE,
+                "CalculateNAR",
+                node_to_pb(node),
+                rppb.CalculateNARResponse,
                 self._deadline(timeout),
             )
         return response.nar_size, response.nar_sha256

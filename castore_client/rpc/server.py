@@ -59,17 +59,23 @@ class BlobServicer:
     def __init__(self, blobs: BlobService) -> None:
         self.blobs = blobs
 
-    def Stat(self, request: bpb.StatBlobRequest, context: grpc.ServicerContext) -> bpb.StatBlobResponse:
+    def Stat(
+        self, request: bpb.StatBlobRequest, context: grpc.ServicerContext
+    ) -> bpb.StatBlobResponse:
         digest = _digest(request.digest, context, "Stat")
         try:
             chunks = self.blobs.stat(digest)
         except Exception as exc:
             _abort(context, exc, f"stat {digest}")
         return bpb.StatBlobResponse(
-            chunks=[bpb.StatBlobResponse.ChunkMeta(digest=c.digest.raw, size=c.size) for c in chunks]
+            chunks=[
+                bpb.StatBlobResponse.ChunkMeta(digest=c.digest.raw, size=c.size) for c in chunks
+            ]
         )
 
-    def Read(self, request: bpb.ReadBlobRequest, context: grpc.ServicerContext) -> Iterator[bpb.BlobChunk]:
+    def Read(
+        self, request: bpb.ReadBlobRequest, context: grpc.ServicerContext
+    ) -> Iterator[bpb.BlobChunk]:
         digest = _digest(request.digest, context, "Read")
         try:
             for piece in self.blobs.read(digest):
@@ -77,7 +83,9 @@ class BlobServicer:
         except Exception as exc:
             _abort(context, exc, f"read {digest}")
 
-    def Put(self, requests: Iterator[bpb.BlobChunk], context: grpc.ServicerContext) -> bpb.PutBlobResponse:
+    def Put(
+        self, requests: Iterator[bpb.BlobChunk], context: grpc.ServicerContext
+    ) -> bpb.PutBlobResponse:
         try:
             digest = self.blobs.put(message.data for message in requests)
         except Exception as exc:
@@ -89,7 +97,9 @@ class DirectoryServicer:
     def __init__(self, directories: DirectoryService) -> None:
         self.directories = directories
 
-    def Get(self, request: dpb.GetDirectoryRequest, context: grpc.ServicerContext) -> Iterator[cpb.Directory]:
+    def Get(
+        self, request: dpb.GetDirectoryRequest, context: grpc.ServicerContext
+    ) -> Iterator[cpb.Directory]:
         if request.WhichOneof("by_what") is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "GetDirectoryRequest needs a digest")
         digest = _digest(request.digest, context, "Get")
@@ -112,7 +122,9 @@ class DirectoryServicer:
         except Exception as exc:
             _abort(context, exc, f"get {digest}")
 
-    def Put(self, requests: Iterator[cpb.Directory], context: grpc.ServicerContext) -> dpb.PutDirectoryResponse:
+    def Put(
+        self, requests: Iterator[cpb.Directory], context: grpc.ServicerContext
+    ) -> dpb.PutDirectoryResponse:
         received = 0
 
         def directories() -> Iterator[Any]:
@@ -155,14 +167,18 @@ class PathInfoServicer:
             _abort(context, exc, "put path info")
         return path_info_to_pb(stored)
 
-    def CalculateNAR(self, request: cpb.Node, context: grpc.ServicerContext) -> rppb.CalculateNARResponse:
+    def CalculateNAR(
+        self, request: cpb.Node, context: grpc.ServicerContext
+    ) -> rppb.CalculateNARResponse:
         try:
             size, sha256 = self.path_infos.calculate_nar(node_from_pb(request))
         except Exception as exc:
             _abort(context, exc, "calculate NAR")
         return rppb.CalculateNARResponse(nar_size=size, nar_sha256=sha256)
 
-    def List(self, request: rppb.ListPathInfoRequest, context: grpc.ServicerContext) -> Iterator[ppb.PathInfo]:
+    def List(
+        self, request: rppb.ListPathInfoRequest, context: grpc.ServicerContext
+    ) -> Iterator[ppb.PathInfo]:
         try:
             for path_info in self.path_infos.list():
                 yield path_info_to_pb(path_info)
@@ -175,33 +191,71 @@ def _handlers(store: Services) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
     dirs = DirectoryServicer(store.directories)
     infos = PathInfoServicer(store.path_infos)
 
-    def h(kind: Callable[..., grpc.RpcMethodHandler], fn: Any, req: Any, resp: Any) -> grpc.RpcMethodHandler:
-        return kind(fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString)
+    def h(
+        kind: Callable[..., grpc.RpcMethodHandler], fn: Any, req: Any, resp: Any
+    ) -> grpc.RpcMethodHandler:
+        return kind(
+            fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString
+        )
 
     return {
         "castore.v1.BlobService": {
-            "Stat": h(grpc.unary_unary_rpc_method_handler, blobs.Stat, bpb.StatBlobRequest, bpb.StatBlobResponse),
-            "Read": h(grpc.unary_stream_rpc_method_handler, blobs.Read, bpb.ReadBlobRequest, bpb.BlobChunk),
-            "Put": h(grpc.stream_unary_rpc_method_handler, blobs.Put, bpb.BlobChunk, bpb.PutBlobResponse),
+            "Stat": h(
+                grpc.unary_unary_rpc_method_handler,
+                blobs.Stat,
+                bpb.StatBlobRequest,
+                bpb.StatBlobResponse,
+            ),
+            "Read": h(
+                grpc.unary_stream_rpc_method_handler, blobs.Read, bpb.ReadBlobRequest, bpb.BlobChunk
+            ),
+            "Put": h(
+                grpc.stream_unary_rpc_method_handler, blobs.Put, bpb.BlobChunk, bpb.PutBlobResponse
+            ),
         },
         "castore.v1.DirectoryService": {
-            "Get": h(grpc.unary_stream_rpc_method_handler, dirs.Get, dpb.GetDirectoryRequest, cpb.Directory),
-            "Put": h(grpc.stream_unary_rpc_method_handler, dirs.Put, cpb.Directory, dpb.PutDirectoryResponse),
+            "Get": h(
+                grpc.unary_stream_rpc_method_handler,
+                dirs.Get,
+                dpb.GetDirectoryRequest,
+                cpb.Directory,
+            ),
+            "Put": h(
+                grpc.stream_unary_rpc_method_handler,
+                dirs.Put,
+                cpb.Directory,
+                dpb.PutDirectoryResponse,
+            ),
         },
         "store.v1.PathInfoService": {
-            "Get": h(grpc.unary_unary_rpc_method_handler, infos.Get, rppb.GetPathInfoRequest, ppb.PathInfo),
+            "Get": h(
+                grpc.unary_unary_rpc_method_handler,
+                infos.Get,
+                rppb.GetPathInfoRequest,
+                ppb.PathInfo,
+            ),
             "Put": h(grpc.unary_unary_rpc_method_handler, infos.Put, ppb.PathInfo, ppb.PathInfo),
             "CalculateNAR": h(
-                grpc.unary_unary_rpc_method_handler, infos.CalculateNAR, cpb.Node, rppb.CalculateNARResponse
+                grpc.unary_unary_rpc_method_handler,
+                infos.CalculateNAR,
+                cpb.Node,
+                rppb.CalculateNARResponse,
             ),
-            "List": h(grpc.unary_stream_rpc_method_handler, infos.List, rppb.ListPathInfoRequest, ppb.PathInfo),
+            "List": h(
+                grpc.unary_stream_rpc_method_handler,
+                infos.List,
+                rppb.ListPathInfoRequest,
+                ppb.PathInfo,
+            ),
         },
     }
 
 
 def listen_target(address: Address) -> str:
     if not address.is_grpc or address.uses_tls:
-        raise ValueError(f"cannot listen on {address}: use grpc+http://HOST:PORT or grpc+unix:///PATH")
+        raise ValueError(
+            f"cannot listen on {address}: use grpc+http://HOST:PORT or grpc+unix:///PATH"
+        )
     return address.grpc_target()
 
 
@@ -229,7 +283,9 @@ class CastoreServer:
             for service, methods in _handlers(store).items():
                 name = service_name(namespace, service)
                 names.append(name)
-                self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, methods),))
+                self._server.add_generic_rpc_handlers(
+                    (grpc.method_handlers_generic_handler(name, methods),)
+                )
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         for name in ["", *names]:

@@ -1,0 +1,335 @@
+"""An embedded store on the local filesystem (`file:///abs/path`) that survives restarts.
+
+Layout under the store's directory:
+
+    chunks/<first 2 hex digits>/<64 hex digits>   one piece: a chunk, or a whole small blob
+    meta.sqlite                                   chunk lists, directories, path infos (WAL)
+
+Pieces are immutable and named by their digest, so they are written once, atomically (a
+temporary file in the same directory, then a rename), and never locked. Everything that says
+"this exists" for a chunked blob, a directory or a path info is a row in SQLite, written only
+after what it refers to is in place, so a reader never sees a blob whose chunks are missing.
+SQLite in WAL mode lets readers in several threads and processes run next to one writer; each
+thread gets its own connection because the gRPC server calls in from a thread pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import struct
+import tempfile
+import threading
+import weakref
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from ..chunked_reader import ChunkedReader, WholeBlobReader, open_blob_reader
+from ..codec import decode_directory, decode_path_info, encode_path_info
+from ..digest import B3Digest
+from ..directory import Directory, Node, SizeFormula
+from ..errors import BlobNotFound, DirectoryNotFound, PathInfoNotFound
+from ..pathinfo import PathInfo
+from ..services import ChunkMeta
+from ..storepath import StorePath
+from .common import (
+    EmbeddedStore,
+    check_store_hash,
+    ingest_blob,
+    nar_of,
+    split_piece,
+    validate_upload,
+    walk_closure,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 60.0
+LIST_PAGE = 256
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blob_chunks (digest BLOB PRIMARY KEY, chunks BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS directories (digest BLOB PRIMARY KEY, encoded BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS path_infos (hash BLOB PRIMARY KEY, encoded BLOB NOT NULL);
+"""
+
+_CHUNK_RECORD = struct.Struct(">32sQ")
+
+
+def pack_chunks(chunks: Iterable[ChunkMeta]) -> bytes:
+    return b"".join(_CHUNK_RECORD.pack(meta.digest.raw, meta.size) for meta in chunks)
+
+
+def unpack_chunks(packed: bytes) -> list[ChunkMeta]:
+    return [ChunkMeta(B3Digest(raw), size) for raw, size in _CHUNK_RECORD.iter_unpack(packed)]
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that can be weakly referenced (the base class cannot)."""
+
+
+class Database:
+    """The metadata database, with one connection per thread that uses it.
+
+    A connection lives as long as its thread (thread pools such as trio's retire idle
+    threads, and their connections go with them); `close` closes those still alive.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._closed = False
+        self.connection().execute("PRAGMA journal_mode=WAL")
+        with self.transaction() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{path} has schema version {version}; this program knows up to "
+                    f"{SCHEMA_VERSION}"
+                )
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and not self._closed:
+            return conn
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"the store at {self.path.parent} is closed")
+            new = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
+                factory=_Connection,
+            )
+            new.execute("PRAGMA synchronous=NORMAL")
+            self._connections.add(new)
+        self._local.conn = new
+        return new
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the write lock up front, so it cannot deadlock."""
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def query_one(self, sql: str, params: tuple[object, ...]) -> tuple[object, ...] | None:
+        row: tuple[object, ...] | None = self.connection().execute(sql, params).fetchone()
+        return row
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            connections = list(self._connections)
+            self._connections.clear()
+        for conn in connections:
+            conn.close()
+
+
+class FileBlobService:
+    def __init__(self, root: Path, db: Database, *, sync: bool = False) -> None:
+        self.root = root
+        self.chunk_dir = root / "chunks"
+        self._db = db
+        self._sync = sync
+
+    def piece_path(self, digest: B3Digest) -> Path:
+        name = digest.raw.hex()
+        return self.chunk_dir / name[:2] / name
+
+    def stat(self, digest: B3Digest, *, timeout: float | None = None) -> list[ChunkMeta]:
+        chunks = self._chunk_list(digest)
+        if chunks is not None:
+            return chunks
+        if self.piece_path(digest).is_file():
+            return []
+        raise BlobNotFound(f"blob {digest} not found")
+
+    def read(self, digest: B3Digest, *, timeout: float | None = None) -> Iterator[bytes]:
+        """Raises BlobNotFound on the call itself, not on the first `next()`."""
+        chunks = self._chunk_list(digest)
+        if chunks is not None:
+            return self._read_chunks(digest, chunks)
+        try:
+            piece = self.piece_path(digest).read_bytes()
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {digest} not found") from None
+        return split_piece(piece)
+
+    def open_read(
+        self, digest: B3Digest, size: int | None = None, *, timeout: float | None = None
+    ) -> ChunkedReader | WholeBlobReader:
+        return open_blob_reader(self, digest, size, timeout=timeout)
+
+    def put(self, data: Iterable[bytes], *, timeout: float | None = None) -> B3Digest:
+        blob = ingest_blob(data, self._write_piece)
+        if blob.chunks:
+            with self._db.transaction() as conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO blob_chunks (digest, chunks) VALUES (?, ?)",
+                    (blob.digest.raw, pack_chunks(blob.chunks)),
+                )
+        return blob.digest
+
+    def _chunk_list(self, digest: B3Digest) -> list[ChunkMeta] | None:
+        row = self._db.query_one("SELECT chunks FROM blob_chunks WHERE digest = ?", (digest.raw,))
+        if row is None:
+            return None
+        packed = row[0]
+        assert isinstance(packed, bytes)
+        return unpack_chunks(packed)
+
+    def _read_chunks(self, digest: B3Digest, chunks: list[ChunkMeta]) -> Iterator[bytes]:
+        for meta in chunks:
+            try:
+                piece = self.piece_path(meta.digest).read_bytes()
+            except FileNotFoundError:
+                raise BlobNotFound(f"chunk {meta.digest} of blob {digest} is missing") from None
+            yield from split_piece(piece)
+
+    def _write_piece(self, digest: B3Digest, data: bytes) -> None:
+        path = self.piece_path(digest)
+        with contextlib.suppress(FileNotFoundError):
+            # A size mismatch means a write torn by a crash: replace it.
+            if path.stat().st_size == len(data):
+                return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                if self._sync:
+                    out.flush()
+                    os.fsync(out.fileno())
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+class FileDirectoryService:
+    def __init__(self, db: Database, formula: SizeFormula = SizeFormula.CURRENT) -> None:
+        self.formula = formula
+        self._db = db
+
+    def get(self, digest: B3Digest, *, timeout: float | None = None) -> Directory:
+        directory = self._lookup(digest)
+        if directory is None:
+            raise DirectoryNotFound(f"directory {digest} not found")
+        return directory
+
+    def get_recursive(
+        self, digest: B3Digest, *, timeout: float | None = None
+    ) -> Iterator[Directory]:
+        """Raises DirectoryNotFound for an unknown root on the first `next()`."""
+        return walk_closure(digest, self._lookup)
+
+    def put(self, directories: Iterable[Directory], *, timeout: float | None = None) -> B3Digest:
+        root, accepted = validate_upload(directories, self.formula)
+        with self._db.transaction() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO directories (digest, encoded) VALUES (?, ?)",
+                ((d.digest.raw, d.encoded) for d in accepted),
+            )
+        log.debug("stored %d directories under root %s", len(accepted), root)
+        return root
+
+    def _lookup(self, digest: B3Digest) -> Directory | None:
+        row = self._db.query_one("SELECT encoded FROM directories WHERE digest = ?", (digest.raw,))
+        if row is None:
+            return None
+        encoded = row[0]
+        assert isinstance(encoded, bytes)
+        return decode_directory(encoded)
+
+
+class FilePathInfoService:
+    def __init__(
+        self, db: Database, blobs: FileBlobService, directories: FileDirectoryService
+    ) -> None:
+        self._db = db
+        self._blobs = blobs
+        self._directories = directories
+
+    def get_by_hash(self, digest: bytes, *, timeout: float | None = None) -> PathInfo:
+        digest = check_store_hash(digest)
+        row = self._db.query_one("SELECT encoded FROM path_infos WHERE hash = ?", (digest,))
+        if row is None:
+            raise PathInfoNotFound(f"no path info for hash {digest.hex()}")
+        encoded = row[0]
+        assert isinstance(encoded, bytes)
+        return decode_path_info(encoded)
+
+    def get(self, store_path: StorePath, *, timeout: float | None = None) -> PathInfo:
+        path_info = self.get_by_hash(store_path.digest)
+        if path_info.store_path.name != store_path.name:
+            raise PathInfoNotFound(
+                f"{store_path} not found (its hash names {path_info.store_path})"
+            )
+        return path_info
+
+    def list(self, *, timeout: float | None = None) -> Iterator[PathInfo]:
+        """Pages by key, so no cursor stays open across yields (or across threads)."""
+        after = b""
+        while True:
+            rows = (
+                self._db.connection()
+                .execute(
+                    "SELECT hash, encoded FROM path_infos WHERE hash > ? ORDER BY hash LIMIT ?",
+                    (after, LIST_PAGE),
+                )
+                .fetchall()
+            )
+            for _, encoded in rows:
+                yield decode_path_info(encoded)
+            if len(rows) < LIST_PAGE:
+                return
+            after = rows[-1][0]
+
+    def put(self, path_info: PathInfo, *, timeout: float | None = None) -> PathInfo:
+        path_info.validate()
+        key = path_info.store_path.digest
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO path_infos (hash, encoded) VALUES (?, ?)",
+                (key, encode_path_info(path_info)),
+            )
+        return path_info
+
+    def calculate_nar(self, node: Node, *, timeout: float | None = None) -> tuple[int, bytes]:
+        return nar_of(node, self._blobs, self._directories.get)
+
+
+def open_file_store(
+    path: Path | str, formula: SizeFormula = SizeFormula.CURRENT, *, sync: bool = False
+) -> EmbeddedStore:
+    """Open (creating if needed) the store in directory `path`.
+
+    `sync` fsyncs every piece before it is renamed into place. Off by default: readers verify
+    every piece against its digest anyway, and a piece left short by a crash (the usual way a
+    crash tears a file) is rewritten by the next put of the same content.
+    """
+    root = Path(path)
+    (root / "chunks").mkdir(parents=True, exist_ok=True)
+    db = Database(root / "meta.sqlite")
+    blobs = FileBlobService(root, db, sync=sync)
+    directories = FileDirectoryService(db, formula)
+    path_infos = FilePathInfoService(db, blobs, directories)
+    log.debug("opened file store at %s", root)
+    return EmbeddedStore(blobs, directories, path_infos, on_close=db.close)
