@@ -30,11 +30,14 @@ MIB = 1 << 20
 SEED = b"castore-fuse benchmark blob"
 
 
-def payload(size: int) -> Iterator[bytes]:
-    """Deterministic incompressible bytes without holding them: BLAKE3 in extendable-output mode."""
+def payload(size: int, run: int = 0) -> Iterator[bytes]:
+    """Incompressible bytes without holding them: BLAKE3 in extendable-output mode.
+
+    Each run gets other bytes, so that no upload is deduplicated against an earlier one.
+    """
     import blake3
 
-    xof = blake3.blake3(SEED)
+    xof = blake3.blake3(SEED + str(run).encode())
     for offset in range(0, size, MIB):
         yield xof.digest(length=min(MIB, size - offset), seek=offset)
 
@@ -99,14 +102,16 @@ def role_ceiling_client(port: int, size: int, direction: str) -> dict[str, float
     return {"seconds": elapsed, "rss_mib": peak_rss_mib()}
 
 
-def role_castore_client(port: int, size: int, direction: str, digest_text: str) -> dict[str, float]:
+def role_castore_client(
+    port: int, size: int, direction: str, digest_text: str, run: int
+) -> dict[str, float]:
     from castore_client.connect import open_services
     from castore_client.digest import B3Digest
 
     services = open_services(f"grpc+http://127.0.0.1:{port}")
     start = time.perf_counter()
     if direction == "upload":
-        digest = services.blobs.put(payload(size))
+        digest = services.blobs.put(payload(size, run))
         result = {"digest": str(digest)}
     else:
         reader = services.blobs.open_read(B3Digest.parse(digest_text), size)
@@ -164,6 +169,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--direction", help=argparse.SUPPRESS)
     parser.add_argument("--digest", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--run", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     size = args.size_mib * MIB
 
@@ -174,39 +180,19 @@ def main() -> int:
         print(json.dumps(role_ceiling_client(args.port, size, args.direction)))
         return 0
     if args.role == "castore-client":
-        print(json.dumps(role_castore_client(args.port, size, args.direction, args.digest)))
+        print(
+            json.dumps(role_castore_client(args.port, size, args.direction, args.digest, args.run))
+        )
         return 0
 
     results: dict[str, list[dict[str, object]]] = {
         k: [] for k in ("ceiling upload", "ceiling download", "castore upload", "castore download")
     }
-    ceiling_port, castore_port = free_port(), free_port()
-    with (
-        background(
-            sys.executable,
-            __file__,
-            "--role",
-            "ceiling-server",
-            "--port",
-            str(ceiling_port),
-            "--size-mib",
-            str(args.size_mib),
-            ready="ready",
-        ),
-        background(
-            sys.executable,
-            "-m",
-            "castore_fuse",
-            "serve",
-            "--store",
-            "memory://",
-            "--listen",
-            f"grpc+http://127.0.0.1:{castore_port}",
-            ready="ready on",
-        ),
-    ):
-        common = ["--size-mib", str(args.size_mib)]
-        for _ in range(args.runs):
+    ceiling_port = free_port()
+    common = ["--size-mib", str(args.size_mib)]
+    ceiling_server = [sys.executable, __file__, "--role", "ceiling-server"]
+    with background(*ceiling_server, "--port", str(ceiling_port), *common, ready="ready"):
+        for run in range(args.runs):
             for direction in ("upload", "download"):
                 results[f"ceiling {direction}"].append(
                     run_child(
@@ -219,29 +205,27 @@ def main() -> int:
                         *common,
                     )
                 )
-            up = run_child(
-                "--role",
-                "castore-client",
-                "--port",
-                str(castore_port),
-                "--direction",
-                "upload",
-                *common,
-            )
-            results["castore upload"].append(up)
-            results["castore download"].append(
-                run_child(
-                    "--role",
-                    "castore-client",
-                    "--port",
-                    str(castore_port),
-                    "--direction",
-                    "download",
-                    "--digest",
-                    str(up["digest"]),
-                    *common,
+            # A fresh server each run, so no run pays for the memory the previous ones filled.
+            port = free_port()
+            serve = [
+                sys.executable,
+                "-m",
+                "castore_fuse",
+                "serve",
+                "--store",
+                "memory://",
+                "--listen",
+                f"grpc+http://127.0.0.1:{port}",
+            ]
+            with background(*serve, ready="ready on"):
+                client = ["--role", "castore-client", "--port", str(port)]
+                up = run_child(*client, "--direction", "upload", "--run", str(run), *common)
+                results["castore upload"].append(up)
+                results["castore download"].append(
+                    run_child(
+                        *client, "--direction", "download", "--digest", str(up["digest"]), *common
+                    )
                 )
-            )
 
     summary = {}
     for name, runs in results.items():

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 SPOOL_THRESHOLD = 16 << 20
 
-ChunkFetcher = Callable[[ChunkMeta], bytes]
+ChunkFetcher = Callable[[ChunkMeta], bytes | memoryview]
 
 
 def fetch_verified(
@@ -129,7 +129,7 @@ class ChunkedReader:
                 lo = max(offset - start, 0)
                 hi = min(offset + length - start, len(data))
                 parts.append(data[lo:hi] if (lo, hi) != (0, len(data)) else data)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
 
     def _chunk(self, index: int) -> bytes:
         # One chunk is remembered so that the kernel's 128 KiB reads do not refetch it.

@@ -35,8 +35,9 @@ def window_size(max_size: int) -> int:
 class Chunker:
     """Cuts a byte stream fed in pieces of any size into FastCDC chunks.
 
-    Memory stays below `batch` bytes of buffer plus the chunks returned by one `feed` call;
-    the input is copied on arrival, so callers may reuse their buffers.
+    Each cut is found by asking fastcdc for the first chunk of exactly one window, so every
+    byte is scanned once; the buffer holds at most one window plus the piece being fed. The
+    input is copied on arrival, so callers may reuse their buffers.
     """
 
     def __init__(
@@ -44,15 +45,11 @@ class Chunker:
         min_size: int = CHUNK_MIN,
         avg_size: int = CHUNK_AVG,
         max_size: int = CHUNK_MAX,
-        *,
-        batch: int = DEFAULT_BATCH,
     ) -> None:
         self.min_size = min_size
         self.avg_size = avg_size
         self.max_size = max_size
         self._window = window_size(max_size)
-        # A scan must be able to finish at least one chunk, or feeding would never make progress.
-        self._batch = max(batch, 2 * self._window)
         self._buf = bytearray()
         self._finished = False
 
@@ -60,15 +57,17 @@ class Chunker:
         """Add bytes; returns the chunks they completed, in order."""
         if self._finished:
             raise ValueError("feed() after finish()")
+        self._buf += data
         out: list[bytes] = []
-        with memoryview(data) as view, view.cast("B") as flat:
-            pos = 0
-            while pos < len(flat):
-                take = self._batch - len(self._buf)
-                self._buf += flat[pos : pos + take]
-                pos += take
-                if len(self._buf) >= self._batch:
-                    out.extend(self._scan(final=False))
+        start = 0
+        buf = self._buf
+        with memoryview(buf) as view:
+            while len(buf) - start >= self._window:
+                cut = self._first_cut(view[start : start + self._window])
+                out.append(bytes(view[start : start + cut]))
+                start += cut
+        # Deleting a prefix only moves the bytearray's start, so this does not copy the tail.
+        del buf[:start]
         return out
 
     def finish(self) -> list[bytes]:
@@ -76,29 +75,25 @@ class Chunker:
         if self._finished:
             return []
         self._finished = True
-        return self._scan(final=True)
-
-    def _scan(self, *, final: bool) -> list[bytes]:
-        out: list[bytes] = []
         buf = self._buf
-        limit = len(buf) if final else len(buf) - self._window
-        consumed = 0
+        out: list[bytes] = []
         with memoryview(buf) as view:
-            chunks = fastcdc(view, self.min_size, self.avg_size, self.max_size)
-            try:
-                for chunk in chunks:
-                    if chunk.offset > limit:
-                        break
-                    end = chunk.offset + chunk.length
-                    out.append(bytes(view[chunk.offset : end]))
-                    consumed = end
-            finally:
-                # The generator holds views of the buffer, which must be gone before it shrinks.
-                chunks.close()
-                del chunks
-        # Deleting a prefix only moves the bytearray's start, so this does not copy the tail.
-        del buf[:consumed]
+            start = 0
+            while start < len(buf):
+                cut = self._first_cut(view[start : start + self._window])
+                out.append(bytes(view[start : start + cut]))
+                start += cut
+        buf.clear()
         return out
+
+    def _first_cut(self, window: memoryview) -> int:
+        chunks = fastcdc(window, self.min_size, self.avg_size, self.max_size)
+        try:
+            return int(next(chunks).length)
+        finally:
+            # The generator holds views of the buffer, which must be gone before it resizes.
+            chunks.close()
+            del chunks
 
 
 def chunk_stream(

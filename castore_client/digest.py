@@ -73,4 +73,36 @@ def hasher() -> blake3.blake3:
     return blake3.blake3()
 
 
+class BackgroundHasher:
+    """BLAKE3 of a stream, computed on a helper thread while the caller goes on."""
+
+    def __init__(self) -> None:
+        from .pipeline import OrderedWorker
+
+        self._hasher = blake3.blake3()
+        self._worker: OrderedWorker[bytes | memoryview] = OrderedWorker(
+            self._hasher.update, name="blob-hasher"
+        )
+
+    def update(self, piece: bytes | memoryview) -> None:
+        """Queue `piece`; mutable buffers are copied, since the caller may reuse them."""
+        if not piece:
+            return
+        if not isinstance(piece, bytes) and not (
+            isinstance(piece, memoryview) and piece.readonly
+        ):
+            piece = bytes(piece)
+        self._worker.submit(piece)
+
+    def digest(self) -> B3Digest:
+        self._worker.finish()
+        return B3Digest(self._hasher.digest())
+
+    def __enter__(self) -> BackgroundHasher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._worker.__exit__(*exc_info)
+
+
 EMPTY_DIGEST = B3Digest(blake3.blake3(b"").digest())

@@ -50,8 +50,12 @@ class BlobService(Protocol):
         """
         ...
 
-    def read(self, digest: B3Digest, *, timeout: float | None = None) -> Iterator[bytes]:
+    def read(
+        self, digest: B3Digest, *, timeout: float | None = None
+    ) -> Iterator[bytes | memoryview]:
         """The raw, *unverified* bytes of a blob or of a chunk, in pieces of any size.
+
+        Pieces may be read-only memoryviews, so that bulk data is not copied on its way.
 
         Only the readers in `castore_client.chunked_reader` should call this: they verify.
         Raises BlobNotFound (possibly on the first `next()`).

@@ -60,13 +60,12 @@ def test_constants_are_the_real_servers() -> None:
     seed=st.integers(0, 2**32),
     size=st.integers(0, 400 * KIB),
     cuts=st.lists(st.integers(0, 2**31), max_size=40),
-    batch=st.sampled_from([1, 64 * KIB, 200 * KIB, 1 * MIB]),
 )
 def test_small_parameters_match_whole_buffer(
-    kind: str, seed: int, size: int, cuts: list[int], batch: int
+    kind: str, seed: int, size: int, cuts: list[int]
 ) -> None:
     data = make_data(kind, seed, size)
-    chunks = chunk_with(Chunker(*SMALL, batch=batch), split(data, cuts))
+    chunks = chunk_with(Chunker(*SMALL), split(data, cuts))
     assert [len(c) for c in chunks] == reference_cuts(data, *SMALL)
     assert b"".join(chunks) == data
 
@@ -95,11 +94,12 @@ def test_real_parameters_match_whole_buffer(
 def test_scan_boundary_with_max_size_chunks(kind: str, delta: int) -> None:
     """Max-size chunks are where a window one byte short would cut one byte early.
 
-    A batch of three max-size chunks plus `delta` puts the buffer's end within a byte or two
-    of the third chunk's window end when a scan runs.
+    Pieces of three max-size chunks plus `delta` put the buffer's end within a byte or two
+    of a window's end when a cut is made.
     """
     data = make_data(kind, 0, 5 * MIB + 12345)
-    chunks = chunk_with(Chunker(batch=3 * CHUNK_MAX + delta), [data])
+    step = 3 * CHUNK_MAX + delta
+    chunks = chunk_with(Chunker(), [data[i : i + step] for i in range(0, len(data), step)])
     assert [len(c) for c in chunks] == reference_cuts(data, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX)
 
 

@@ -8,10 +8,11 @@ from collections.abc import Iterable, Iterator
 import grpc
 
 from ..chunked_reader import ChunkedReader, WholeBlobReader, open_blob_reader
-from ..digest import B3Digest, hasher
+from ..digest import B3Digest, BackgroundHasher
 from ..errors import BlobNotFound, DigestMismatch, InvalidChunkList
 from ..pb import rpc_blobstore_pb2 as bpb
 from ..services import ChunkMeta
+from .blob_chunk import BlobChunkCodec
 from .endpoint import PUT_MESSAGE, Endpoint
 from .status import translated
 
@@ -46,7 +47,7 @@ class GrpcBlobService:
     def read(self, digest: B3Digest, *, timeout: float | None = None) -> Iterator[bytes]:
         request = bpb.ReadBlobRequest(digest=digest.raw)
         call = self.endpoint.server_stream(
-            SERVICE, "Read", request, bpb.BlobChunk, self._deadline(timeout)
+            SERVICE, "Read", request, BlobChunkCodec, self._deadline(timeout)
         )
         return _pieces(call, digest)
 
@@ -56,26 +57,30 @@ class GrpcBlobService:
         return open_blob_reader(self, digest, size, timeout=self._deadline(timeout))
 
     def put(self, data: Iterable[bytes], *, timeout: float | None = None) -> B3Digest:
-        h = hasher()
-
-        def messages() -> Iterator[bpb.BlobChunk]:
+        def messages(hasher: BackgroundHasher) -> Iterator[bytes]:
             for piece in data:
-                view = memoryview(piece)
-                for start in range(0, len(view), PUT_MESSAGE):
-                    part = view[start : start + PUT_MESSAGE]
-                    h.update(part)
-                    yield bpb.BlobChunk(data=bytes(part))
+                if isinstance(piece, bytes) and len(piece) <= PUT_MESSAGE:
+                    parts: Iterable[bytes] = (piece,)
+                else:
+                    view = memoryview(piece)
+                    parts = (
+                        bytes(view[i : i + PUT_MESSAGE]) for i in range(0, len(view), PUT_MESSAGE)
+                    )
+                for part in parts:
+                    hasher.update(part)
+                    yield part
 
-        with translated("put blob", BlobNotFound):
-            response = self.endpoint.client_stream(
-                SERVICE,
-                "Put",
-                messages(),
-                bpb.BlobChunk,
-                bpb.PutBlobResponse,
-                self._deadline(timeout),
-            )
-        ours = B3Digest(h.digest())
+        with BackgroundHasher() as hasher:
+            with translated("put blob", BlobNotFound):
+                response = self.endpoint.client_stream(
+                    SERVICE,
+                    "Put",
+                    messages(hasher),
+                    BlobChunkCodec,
+                    bpb.PutBlobResponse,
+                    self._deadline(timeout),
+                )
+            ours = hasher.digest()
         if response.digest != ours.raw:
             raise DigestMismatch(
                 f"put blob {ours}: the server computed {response.digest.hex() or 'nothing'}"
@@ -83,13 +88,13 @@ class GrpcBlobService:
         return ours
 
 
-def _pieces(call: Iterator[bpb.BlobChunk], digest: B3Digest) -> Iterator[bytes]:
-    """Unwrap messages; closing the generator early cancels the stream on the server."""
+def _pieces(call: Iterator[bytes], digest: B3Digest) -> Iterator[bytes]:
+    """Pass pieces on; closing the generator early cancels the stream on the server."""
     try:
         with translated(f"read blob {digest}", BlobNotFound):
-            for message in call:
-                if message.data:
-                    yield message.data
+            for piece in call:
+                if piece:
+                    yield piece
     finally:
         if isinstance(call, grpc.Call):
             call.cancel()

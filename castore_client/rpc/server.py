@@ -31,6 +31,7 @@ from ..pb import rpc_blobstore_pb2 as bpb
 from ..pb import rpc_directory_pb2 as dpb
 from ..pb import rpc_pathinfo_pb2 as rppb
 from ..services import BlobService, DirectoryService, PathInfoService, Services
+from .blob_chunk import BlobChunkCodec
 from .endpoint import MAX_MESSAGE, Namespace, service_name
 from .status import status_for
 
@@ -73,21 +74,17 @@ class BlobServicer:
             ]
         )
 
-    def Read(
-        self, request: bpb.ReadBlobRequest, context: grpc.ServicerContext
-    ) -> Iterator[bpb.BlobChunk]:
+    def Read(self, request: bpb.ReadBlobRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+        """Yields raw pieces; the handler's BlobChunk codec frames them without copies."""
         digest = _digest(request.digest, context, "Read")
         try:
-            for piece in self.blobs.read(digest):
-                yield bpb.BlobChunk(data=piece)
+            yield from self.blobs.read(digest)
         except Exception as exc:
             _abort(context, exc, f"read {digest}")
 
-    def Put(
-        self, requests: Iterator[bpb.BlobChunk], context: grpc.ServicerContext
-    ) -> bpb.PutBlobResponse:
+    def Put(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bpb.PutBlobResponse:
         try:
-            digest = self.blobs.put(message.data for message in requests)
+            digest = self.blobs.put(requests)
         except Exception as exc:
             _abort(context, exc, "put blob")
         return bpb.PutBlobResponse(digest=digest.raw)
@@ -207,10 +204,10 @@ def _handlers(store: Services) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
                 bpb.StatBlobResponse,
             ),
             "Read": h(
-                grpc.unary_stream_rpc_method_handler, blobs.Read, bpb.ReadBlobRequest, bpb.BlobChunk
+                grpc.unary_stream_rpc_method_handler, blobs.Read, bpb.ReadBlobRequest, BlobChunkCodec
             ),
             "Put": h(
-                grpc.stream_unary_rpc_method_handler, blobs.Put, bpb.BlobChunk, bpb.PutBlobResponse
+                grpc.stream_unary_rpc_method_handler, blobs.Put, BlobChunkCodec, bpb.PutBlobResponse
             ),
         },
         "castore.v1.DirectoryService": {

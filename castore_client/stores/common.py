@@ -12,7 +12,8 @@ import blake3
 
 from ..chunking import chunk_stream
 from ..closure import UploadValidator
-from ..digest import B3Digest
+from ..digest import B3Digest, BackgroundHasher
+from ..pipeline import OrderedWorker
 from ..directory import Directory, Node, SizeFormula
 from ..errors import DirectoryNotFound, InvalidStorePath
 from ..nar import GetDirectory, nar_size_and_sha256
@@ -42,24 +43,31 @@ def ingest_blob(data: Iterable[bytes], write_piece: PieceWriter) -> IngestedBlob
     """Hash a blob while cutting it into chunks, handing each chunk to `write_piece` as it is cut.
 
     A blob of one chunk is that chunk, so its single piece is already stored under the blob
-    digest; an empty blob has no chunks and is stored as an empty piece.
+    digest; an empty blob has no chunks and is stored as an empty piece. Chunking holds the
+    GIL, hashing and writing do not: the whole-blob hash and the hash-and-store of each chunk
+    run on two helper threads, so all three overlap.
     """
-    whole = blake3.blake3(max_threads=blake3.blake3.AUTO)
     size = 0
-
-    def hashed() -> Iterator[bytes]:
-        nonlocal size
-        for piece in data:
-            whole.update(piece)
-            size += len(piece)
-            yield piece
-
     chunks: list[ChunkMeta] = []
-    for chunk in chunk_stream(hashed()):
+
+    def store(chunk: bytes) -> None:
         digest = B3Digest.of(chunk)
         write_piece(digest, chunk)
         chunks.append(ChunkMeta(digest, len(chunk)))
-    digest = B3Digest(whole.digest())
+
+    with BackgroundHasher() as whole, OrderedWorker(store, name="chunk-store") as storing:
+
+        def hashed() -> Iterator[bytes]:
+            nonlocal size
+            for piece in data:
+                whole.update(piece)
+                size += len(piece)
+                yield piece
+
+        for chunk in chunk_stream(hashed()):
+            storing.submit(chunk)
+        storing.finish()
+        digest = whole.digest()
     if not chunks:
         write_piece(digest, b"")
     log.debug("ingested blob %s: %d bytes, %d chunks", digest, size, len(chunks))
