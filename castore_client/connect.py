@@ -25,8 +25,13 @@ def open_services(
     namespace: Namespace = Namespace.TVIX,
     timeout: float | None = None,
     formula: SizeFormula = SizeFormula.CURRENT,
+    connect_timeout: float | None = None,
 ) -> Services:
-    """Open the three services; equal addresses share one channel or one embedded store."""
+    """Open the three services; equal addresses share one channel or one embedded store.
+
+    With `connect_timeout`, each gRPC server must accept a connection within that many
+    seconds, or Unavailable is raised naming it.
+    """
     addresses = [
         a if isinstance(a, Address) else parse_address(a)
         for a in (
@@ -43,6 +48,13 @@ def open_services(
             endpoint = Endpoint(open_channel(address), namespace)
             endpoints[address] = endpoint
             closers.append(endpoint.close)
+            if connect_timeout is not None:
+                try:
+                    endpoint.wait_ready(connect_timeout, address)
+                except BaseException:
+                    for close in reversed(closers):
+                        close()
+                    raise
         elif not address.is_grpc and address not in embedded:
             store = open_embedded_store(address, formula)
             embedded[address] = store

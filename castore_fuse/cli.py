@@ -7,17 +7,22 @@ named, not the call stack.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
-import pathlib
-import signal
-import sys
-import threading
-from collections.abc import Callable, Sequence
 
-from castore_client.address import DEFAULT_ADDRESS, Address, parse_address
-from castore_client.errors import CastoreError
+# The mount forks fusermount3 (auto_unmount) while gRPC channels exist; the child only execs,
+# so gRPC's fork handlers have nothing to protect and just log warnings.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import pathlib  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+
+from castore_client.address import DEFAULT_ADDRESS, Address, parse_address  # noqa: E402
+from castore_client.errors import CastoreError  # noqa: E402
 
 log = logging.getLogger("castore")
 
@@ -78,6 +83,77 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.stop(grace=2.0)
     finally:
         store.close()
+    return 0
+
+
+def _service_addresses(args: argparse.Namespace) -> tuple[str, str, str]:
+    """--store sets all three; per-service flags, then their environment variables, override."""
+    store = args.store_addr or os.environ.get("CASTORE_STORE") or DEFAULT_ADDRESS
+    pick = []
+    for flag, env in (
+        (args.blob_service_addr, "BLOB_SERVICE_ADDR"),
+        (args.directory_service_addr, "DIRECTORY_SERVICE_ADDR"),
+        (args.path_info_service_addr, "PATH_INFO_SERVICE_ADDR"),
+    ):
+        pick.append(flag or os.environ.get(env) or store)
+    for text in pick:
+        try:
+            parse_address(text)
+        except CastoreError as exc:
+            raise UsageError(str(exc)) from None
+    return pick[0], pick[1], pick[2]
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from castore_client.connect import open_services
+    from castore_client.digest import B3Digest
+    from castore_client.rpc.endpoint import Namespace
+
+    from .filesystem import CastoreFilesystem
+    from .mount import MountError, MountOptions, check_mountpoint, run_mount
+    from .root_nodes import DirectoryRootNodes, PathInfoRootNodes, RootNodes
+
+    blob_addr, dir_addr, info_addr = _service_addresses(args)
+    namespace = Namespace.parse(args.protocol)
+    root_digest = B3Digest.parse(args.root_digest) if args.root_digest else None
+    try:
+        mountpoint = check_mountpoint(args.mountpoint)
+    except MountError as exc:
+        raise UsageError(str(exc)) from None
+    services = open_services(
+        blob_addr,
+        dir_addr,
+        info_addr,
+        namespace=namespace,
+        timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
+    )
+    with services:
+        root_nodes: RootNodes
+        if root_digest is not None:
+            root_nodes = DirectoryRootNodes(services.directories, root_digest)
+        else:
+            root_nodes = PathInfoRootNodes(services.path_infos)
+        fs = CastoreFilesystem(
+            services.blobs,
+            services.directories,
+            root_nodes,
+            list_root=args.list_root,
+            show_xattr=args.show_xattr,
+            xattr_namespace="snix" if namespace is Namespace.SNIX else "tvix",
+        )
+        try:
+            run_mount(
+                fs,
+                MountOptions(
+                    mountpoint,
+                    allow_other=args.allow_other,
+                    fsname=f"castore:{blob_addr}"[:200],
+                    debug=args.verbose >= 3,
+                ),
+            )
+        except MountError as exc:
+            raise UsageError(str(exc)) from None
     return 0
 
 
@@ -142,6 +218,73 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory:// or file:///PATH (default file://$XDG_DATA_HOME/castore)",
     )
     serve.set_defaults(func=cmd_serve)
+
+    mount = sub.add_parser(
+        "mount",
+        parents=[common],
+        help="mount a store read-only with FUSE",
+        description=(
+            "Mount a castore read-only at MOUNTPOINT and stay in the foreground until SIGINT, "
+            "SIGTERM or an external unmount (fusermount3 -u). The root holds the store paths "
+            "the PathInfoService knows, by basename, like /nix/store; with --root-digest it is "
+            "that Directory instead. File contents are fetched when read and every byte is "
+            "verified against its BLAKE3 digest; a corrupt or missing object is an EIO for "
+            "whoever reads it, and the mount keeps serving everything else."
+        ),
+    )
+    addresses = mount.add_argument_group(
+        "addresses",
+        "Environment: CASTORE_STORE stands for --store; BLOB_SERVICE_ADDR, "
+        "DIRECTORY_SERVICE_ADDR, PATH_INFO_SERVICE_ADDR for the per-service flags "
+        "(flags win over the environment).",
+    )
+    addresses.add_argument(
+        "--store",
+        dest="store_addr",
+        metavar="ADDR",
+        help=f"address of all three services (default {DEFAULT_ADDRESS})",
+    )
+    addresses.add_argument("--blob-service-addr", metavar="ADDR", help="BlobService address")
+    addresses.add_argument(
+        "--directory-service-addr", metavar="ADDR", help="DirectoryService address"
+    )
+    addresses.add_argument(
+        "--path-info-service-addr", metavar="ADDR", help="PathInfoService address"
+    )
+    addresses.add_argument(
+        "--protocol",
+        default="tvix",
+        choices=["tvix", "snix", "auto"],
+        help="gRPC package names to speak (default tvix; auto asks the server)",
+    )
+    mount.add_argument(
+        "--list-root", action="store_true", help="allow listing the root (off: EPERM)"
+    )
+    mount.add_argument(
+        "--show-xattr",
+        action="store_true",
+        help="expose user.tvix.castore.{blob,directory}.digest extended attributes",
+    )
+    mount.add_argument("--allow-other", action="store_true", help="let other users see the mount")
+    mount.add_argument(
+        "--root-digest", metavar="DIGEST", help="use this Directory (blake3-...) as the root"
+    )
+    mount.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="deadline of each remote call; a dead server gives EIO after it (default none)",
+    )
+    mount.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for the server at startup (default 10)",
+    )
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
+    mount.set_defaults(func=cmd_mount)
     return parser
 
 

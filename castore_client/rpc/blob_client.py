@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 
-import grpc
-
 from ..chunked_reader import ChunkedReader, WholeBlobReader, open_blob_reader
 from ..digest import B3Digest, BackgroundHasher
 from ..errors import BlobNotFound, DigestMismatch, InvalidChunkList
@@ -96,5 +94,5 @@ def _pieces(call: Iterator[bytes], digest: B3Digest) -> Iterator[bytes]:
                 if piece:
                     yield piece
     finally:
-        if isinstance(call, grpc.Call):
+        if hasattr(call, "cancel"):
             call.cancel()

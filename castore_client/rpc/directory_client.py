@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-import grpc
-
 from ..closure import DownloadValidator, UploadValidator
 from ..codec import directory_from_pb, directory_to_pb
 from ..digest import B3Digest
@@ -109,5 +107,5 @@ class GrpcDirectoryService:
 
 
 def _cancel(call: object) -> None:
-    if isinstance(call, grpc.Call):
+    if hasattr(call, "cancel"):
         call.cancel()

@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 import grpc
 
 from ..address import Address
-from ..errors import InvalidAddress
+from ..cancel import Cancelled, check_cancelled, current_scope, tracked
+from ..errors import InvalidAddress, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class Endpoint:
             type(request).SerializeToString,
             response_type.FromString,
         )
-        return call(request, timeout=timeout)  # type: ignore[no-any-return]
+        return _await(call.future(request, timeout=timeout))  # type: ignore[no-any-return]
 
     def server_stream(
         self,
@@ -155,7 +156,8 @@ class Endpoint:
             type(request).SerializeToString,
             response_type.FromString,
         )
-        return call(request, timeout=timeout)  # type: ignore[no-any-return]
+        check_cancelled()
+        return StreamCall(call(request, timeout=timeout))
 
     def client_stream(
         self,
@@ -188,14 +190,60 @@ class Endpoint:
                 raise
 
         try:
-            response = call(guarded(), timeout=timeout)
+            response = _await(call.future(guarded(), timeout=timeout))
         except grpc.RpcError:
             if failure:
                 raise failure[0] from None
             raise
         if failure:
             raise failure[0]
-        return response  # type: ignore[no-any-return]
+        return response
+
+    def wait_ready(self, timeout: float, address: object = "the server") -> None:
+        """Block until the channel is connected; Unavailable after `timeout` seconds."""
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise Unavailable(f"cannot reach {address} within {timeout:g} s") from None
 
     def close(self) -> None:
         self.channel.close()
+
+
+def _await(future: Any) -> Any:
+    """Wait for a call's result; the current CancelScope can cancel it meanwhile."""
+    check_cancelled()
+    with tracked(future):
+        try:
+            return future.result()
+        except grpc.FutureCancelledError:
+            raise Cancelled("cancelled by the caller") from None
+
+
+class StreamCall:
+    """A server stream's response iterator, registered with the current CancelScope."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._scope = current_scope()
+        if self._scope is not None:
+            self._scope._add(call)
+
+    def __iter__(self) -> StreamCall:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._call)
+        except BaseException:
+            self._release()
+            raise
+
+    def cancel(self) -> bool:
+        self._release()
+        return bool(self._call.cancel())
+
+    def _release(self) -> None:
+        if self._scope is not None:
+            self._scope._discard(self._call)
+            self._scope = None

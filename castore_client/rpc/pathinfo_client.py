@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import grpc
-
 from ..codec import node_to_pb, path_info_from_pb, path_info_to_pb
 from ..directory import Node
 from ..errors import PathInfoNotFound, ProtocolError
@@ -54,7 +52,7 @@ class GrpcPathInfoService:
                 for message in call:
                     yield path_info_from_pb(message)
         finally:
-            if isinstance(call, grpc.Call):
+            if hasattr(call, "cancel"):
                 call.cancel()
 
     def put(self, path_info: PathInfo, *, timeout: float | None = None) -> PathInfo:

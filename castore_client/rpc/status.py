@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from ..cancel import Cancelled, current_scope
 from ..errors import (
     CastoreError,
     ClosureError,
@@ -34,6 +35,9 @@ def error_from_rpc(exc: grpc.RpcError, what: str, not_found: type[NotFound]) -> 
     code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
     message = f"{what}: {code.name}: {details}"
+    scope = current_scope()
+    if code is grpc.StatusCode.CANCELLED and scope is not None and scope.cancelled:
+        return Cancelled(f"{what}: cancelled by the caller")
     if code is grpc.StatusCode.NOT_FOUND:
         return not_found(message)
     if code in UNAVAILABLE_CODES:

@@ -1,0 +1,291 @@
+"""A castore as a filesystem: lookups, listings, reads and attributes, without any FUSE types.
+
+This is the model; `fs.py` adapts it to pyfuse3. Everything here is async (trio) and calls
+the blocking services through `bridge.run_blocking`, so one slow request never holds up the
+others. Errors that are the filesystem's own (no such name, not a directory, listing refused)
+are `FsError`s carrying an errno; everything a service raises propagates and becomes EIO in
+the adapter's single mapping point (`errno_map.py`).
+
+Concurrency: trio runs one task at a time, so the inode table and handle tables change only
+between awaits; two tasks populating the same directory wait on one shared fetch.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import trio
+
+from castore_client.digest import B3Digest
+from castore_client.directory import Node
+from castore_client.services import BlobReader, BlobService, DirectoryService
+
+from .bridge import StreamPump, run_blocking
+from .inodes import (
+    ROOT_INODE,
+    Child,
+    DirectoryInode,
+    FileInode,
+    InodeData,
+    InodeTracker,
+    SymlinkInode,
+)
+from .root_nodes import RootNodes
+
+log = logging.getLogger(__name__)
+
+ROOT_LISTING_BOUND = 16
+
+
+class FsError(Exception):
+    """A filesystem-level refusal with its errno (ENOENT, ENOTDIR, EPERM, ...)."""
+
+    def __init__(self, errno_: int, message: str = "") -> None:
+        super().__init__(message or errno.errorcode.get(errno_, str(errno_)))
+        self.errno = errno_
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One directory entry as readdir hands it out; `next_id` resumes after it."""
+
+    name: bytes
+    ino: int
+    data: InodeData
+    next_id: int
+
+
+@dataclass
+class _RootListing:
+    """An open listing of the root: a stream of root nodes, consumed as the kernel accepts.
+
+    `pending` holds entries received but not yet acknowledged by the kernel (a readdir
+    buffer that filled up), so they can be handed out again at the offset it asks for.
+    """
+
+    pump: StreamPump
+    pending: deque[Entry] = field(default_factory=deque)
+    received: int = 0
+
+
+@dataclass
+class _DirListing:
+    ino: int
+
+
+class CastoreFilesystem:
+    def __init__(
+        self,
+        blobs: BlobService,
+        directories: DirectoryService,
+        root_nodes: RootNodes,
+        *,
+        list_root: bool = False,
+        show_xattr: bool = False,
+        xattr_namespace: str = "tvix",
+    ) -> None:
+        self.blobs = blobs
+        self.directories = directories
+        self.root_nodes = root_nodes
+        self.list_root = list_root
+        self.show_xattr = show_xattr
+        self.xattr_prefix = f"user.{xattr_namespace}.castore.".encode()
+        self.inodes = InodeTracker()
+        self._root_names: dict[bytes, int] = {}
+        self._fetching: dict[B3Digest, trio.Event] = {}
+        self._handles = itertools.count(1)
+        self._dirs: dict[int, _RootListing | _DirListing] = {}
+        self._files: dict[int, BlobReader] = {}
+
+    # -- inodes and names -------------------------------------------------------------------
+
+    def data(self, ino: int) -> InodeData | None:
+        """The inode's data; None for the root. Unknown inodes are EBADF-like errors."""
+        if ino == ROOT_INODE:
+            return None
+        data = self.inodes.get(ino)
+        if data is None:
+            raise FsError(errno.ENOENT, f"unknown inode {ino}")
+        return data
+
+    async def lookup(self, parent: int, name: bytes) -> tuple[int, InodeData]:
+        if parent == ROOT_INODE:
+            return await self._lookup_root(name)
+        directory = await self._populated(parent)
+        child = directory.by_name.get(name)
+        if child is None:
+            raise FsError(errno.ENOENT)
+        return child.ino, self._child_data(child)
+
+    async def _lookup_root(self, name: bytes) -> tuple[int, InodeData]:
+        ino = self._root_names.get(name)
+        if ino is None:
+            node = await run_blocking(self.root_nodes.get, name)
+            if node is None:
+                raise FsError(errno.ENOENT)
+            ino = self._remember_root(node)
+        data = self.inodes.get(ino)
+        assert data is not None
+        return ino, data
+
+    def _remember_root(self, node: Node) -> int:
+        ino = self.inodes.put(node)
+        self._root_names[node.name] = ino
+        return ino
+
+    def _child_data(self, child: Child) -> InodeData:
+        data = self.inodes.get(child.ino)
+        assert data is not None
+        return data
+
+    async def _populated(self, ino: int) -> DirectoryInode:
+        """The directory at `ino` with its children, fetching its Directory once if needed."""
+        data = self.data(ino)
+        if not isinstance(data, DirectoryInode):
+            raise FsError(errno.ENOTDIR)
+        while not data.populated:
+            pending = self._fetching.get(data.digest)
+            if pending is not None:
+                await pending.wait()
+                continue
+            done = self._fetching[data.digest] = trio.Event()
+            try:
+                directory = await run_blocking(self.directories.get, data.digest)
+                children = tuple(
+                    Child(node.name, self.inodes.put(node), node) for node in directory.entries()
+                )
+                data.by_name = {child.name: child for child in children}
+                data.children = children
+            finally:
+                del self._fetching[data.digest]
+                done.set()
+        return data
+
+    # -- directories -------------------------------------------------------------------------
+
+    async def opendir(self, ino: int) -> int:
+        fh = next(self._handles)
+        if ino == ROOT_INODE:
+            if not self.list_root:
+                raise FsError(errno.EPERM, "listing the root is disabled (--list-root)")
+            self._dirs[fh] = _RootListing(self._start_root_listing())
+        else:
+            await self._populated(ino)
+            self._dirs[fh] = _DirListing(ino)
+        return fh
+
+    def _start_root_listing(self) -> StreamPump:
+        return StreamPump(self.root_nodes.list, bound=ROOT_LISTING_BOUND)
+
+    async def readdir(self, fh: int, start: int) -> AsyncIterator[Entry]:
+        """Entries from offset `start` on; the caller stops when the kernel's buffer is full."""
+        listing = self._dirs.get(fh)
+        if listing is None:
+            raise FsError(errno.EBADF)
+        if isinstance(listing, _DirListing):
+            directory = await self._populated(listing.ino)
+            assert directory.children is not None
+            for index in range(start, len(directory.children)):
+                child = directory.children[index]
+                yield Entry(child.name, child.ino, self._child_data(child), index + 1)
+            return
+        async for entry in self._read_root_listing(listing, start):
+            yield entry
+
+    async def _read_root_listing(self, listing: _RootListing, start: int) -> AsyncIterator[Entry]:
+        while listing.pending and listing.pending[0].next_id <= start:
+            listing.pending.popleft()
+        first = listing.pending[0].next_id - 1 if listing.pending else listing.received
+        if start < first:
+            # A rewind (seekdir/rewinddir): start the stream over and skip ahead.
+            listing.pump.close()
+            listing.pump = self._start_root_listing()
+            listing.pending.clear()
+            listing.received = 0
+        for entry in list(listing.pending):
+            yield entry
+        async for value, error in listing.pump.receive:
+            if error is not None:
+                raise error
+            assert value is not None
+            listing.received += 1
+            if listing.received <= start:
+                continue
+            ino = self._remember_root(value)
+            data = self.inodes.get(ino)
+            assert data is not None
+            entry = Entry(value.name, ino, data, listing.received)
+            listing.pending.append(entry)
+            yield entry
+
+    def releasedir(self, fh: int) -> None:
+        listing = self._dirs.pop(fh, None)
+        if isinstance(listing, _RootListing):
+            listing.pump.close()
+
+    # -- files and symlinks -------------------------------------------------------------------
+
+    async def open(self, ino: int) -> int:
+        data = self.data(ino)
+        if isinstance(data, DirectoryInode) or data is None:
+            raise FsError(errno.EISDIR)
+        if not isinstance(data, FileInode):
+            raise FsError(errno.EINVAL, "not a regular file")
+        reader = await run_blocking(self.blobs.open_read, data.digest, data.size)
+        fh = next(self._handles)
+        self._files[fh] = reader
+        return fh
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        reader = self._files.get(fh)
+        if reader is None:
+            raise FsError(errno.EBADF)
+        return await run_blocking(reader.read_at, offset, size)
+
+    async def release(self, fh: int) -> None:
+        reader = self._files.pop(fh, None)
+        if reader is not None:
+            await run_blocking(reader.close)
+
+    def readlink(self, ino: int) -> bytes:
+        data = self.data(ino)
+        if not isinstance(data, SymlinkInode):
+            raise FsError(errno.EINVAL, "not a symlink")
+        return data.target
+
+    # -- extended attributes ------------------------------------------------------------------
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        if not self.show_xattr:
+            raise FsError(errno.ENOSYS)
+        name = self._xattr_name(self.data(ino))
+        return [] if name is None else [name]
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        if not self.show_xattr:
+            raise FsError(errno.ENOSYS)
+        data = self.data(ino)
+        if name != self._xattr_name(data) or not isinstance(data, DirectoryInode | FileInode):
+            raise FsError(errno.ENODATA)
+        return str(data.digest).encode()
+
+    def _xattr_name(self, data: InodeData | None) -> bytes | None:
+        if isinstance(data, DirectoryInode):
+            return self.xattr_prefix + b"directory.digest"
+        if isinstance(data, FileInode):
+            return self.xattr_prefix + b"blob.digest"
+        return None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for fh in list(self._dirs):
+            self.releasedir(fh)
+        for reader in self._files.values():
+            reader.close()
+        self._files.clear()

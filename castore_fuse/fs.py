@@ -1,0 +1,189 @@
+"""The pyfuse3 adapter: turns kernel requests into calls on `CastoreFilesystem`.
+
+A protocol adapter only: what a castore looks like as a filesystem is decided in
+`filesystem.py`. Every handler goes through `fuse_errors`, because pyfuse3 lets only FUSEError
+through and any other exception would end the mount.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from .errno_map import errno_for
+from .filesystem import CastoreFilesystem
+from .inodes import ROOT_INODE, DirectoryInode, FileInode, InodeData, SymlinkInode
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Content never changes, so the kernel may cache names and attributes for as long as it likes.
+FOREVER = float(2**31)
+
+
+def fuse_errors(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await handler(*args, **kwargs)
+        except (pyfuse3.FUSEError, trio.Cancelled):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the mount must survive anything
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            raise pyfuse3.FUSEError(errno_for(exc, handler.__name__)) from None
+
+    return wrapper
+
+
+class CastoreOperations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, fs: CastoreFilesystem) -> None:
+        super().__init__()
+        self.fs = fs
+
+    def attributes(self, ino: int, data: InodeData | None) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = ino
+        attr.entry_timeout = FOREVER
+        attr.attr_timeout = FOREVER
+        attr.st_nlink = 1
+        attr.st_uid = 0
+        attr.st_gid = 0
+        attr.st_blksize = 512 * 1024
+        if data is None:
+            attr.st_mode = stat.S_IFDIR | 0o555
+            attr.st_size = 0
+        elif isinstance(data, DirectoryInode):
+            attr.st_mode = stat.S_IFDIR | 0o555
+            attr.st_size = data.size
+        elif isinstance(data, FileInode):
+            attr.st_mode = stat.S_IFREG | (0o555 if data.executable else 0o444)
+            attr.st_size = data.size
+            attr.st_blocks = (data.size + 511) // 512
+        else:
+            assert isinstance(data, SymlinkInode)
+            attr.st_mode = stat.S_IFLNK | 0o444
+            attr.st_size = len(data.target)
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = 0
+        return attr
+
+    @fuse_errors
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: Any = None
+    ) -> pyfuse3.EntryAttributes:
+        ino, data = await self.fs.lookup(parent_inode, name)
+        return self.attributes(ino, data)
+
+    @fuse_errors
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self.attributes(inode, self.fs.data(inode))
+
+    @fuse_errors
+    async def readlink(self, inode: int, ctx: Any = None) -> bytes:
+        return self.fs.readlink(inode)
+
+    @fuse_errors
+    async def opendir(self, inode: int, ctx: Any = None) -> int:
+        return await self.fs.opendir(inode)
+
+    @fuse_errors
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        async with contextlib.aclosing(self.fs.readdir(fh, start_id)) as entries:
+            async for entry in entries:
+                if not pyfuse3.readdir_reply(
+                    token, entry.name, self.attributes(entry.ino, entry.data), entry.next_id
+                ):
+                    break
+
+    @fuse_errors
+    async def releasedir(self, fh: int) -> None:
+        self.fs.releasedir(fh)
+
+    @fuse_errors
+    async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        fh = await self.fs.open(inode)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.fs.read(fh, off, size)
+
+    @fuse_errors
+    async def release(self, fh: int) -> None:
+        await self.fs.release(fh)
+
+    @fuse_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
+        return self.fs.getxattr(inode, name)
+
+    @fuse_errors
+    async def listxattr(self, inode: int, ctx: Any = None) -> Sequence[bytes]:
+        return self.fs.listxattr(inode)
+
+    @fuse_errors
+    async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = 512 * 1024
+        data.f_frsize = 4096
+        data.f_blocks = data.f_bfree = data.f_bavail = 0
+        data.f_files = len(self.fs.inodes) + 1
+        data.f_ffree = data.f_favail = 0
+        data.f_namemax = 255
+        return data
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        """Inodes name content and are never reused, so there is nothing to free."""
+
+    @fuse_errors
+    async def access(self, inode: int, mode: int, ctx: Any = None) -> bool:
+        if mode & os.W_OK:
+            return False
+        self.fs.data(inode)
+        return True
+
+    async def flush(self, fh: int) -> None:
+        pass
+
+
+def _erofs(name: str) -> Callable[..., Awaitable[Any]]:
+    async def handler(self: CastoreOperations, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    handler.__name__ = name
+    return handler
+
+
+for _name in (
+    "setattr",
+    "mknod",
+    "mkdir",
+    "unlink",
+    "rmdir",
+    "symlink",
+    "rename",
+    "link",
+    "write",
+    "create",
+    "setxattr",
+    "removexattr",
+):
+    setattr(CastoreOperations, _name, _erofs(_name))
+
+assert ROOT_INODE == pyfuse3.ROOT_INODE

@@ -1,0 +1,130 @@
+"""Inode numbers for castore nodes: identical content gets the same inode, wherever it appears.
+
+Content is immutable and addressed by digest, so an inode stands for *what* a node is, not
+where it is: every directory with the same digest is one inode, every file with the same blob
+(and executable bit) is one, every symlink with the same target is one. Inodes are never
+freed: the table grows with the distinct content a mount has seen, not with its paths.
+"""
+
+from __future__ import annotations
+
+import stat
+import threading
+from dataclasses import dataclass, field
+
+from castore_client.digest import B3Digest
+from castore_client.directory import DirectoryNode, FileNode, Node
+
+ROOT_INODE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class FileInode:
+    digest: B3Digest
+    size: int
+    executable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SymlinkInode:
+    target: bytes
+
+
+@dataclass(slots=True)
+class DirectoryInode:
+    """A directory; `children` stays None until its Directory object has been fetched."""
+
+    digest: B3Digest
+    size: int
+    children: tuple[Child, ...] | None = None
+    by_name: dict[bytes, Child] = field(default_factory=dict)
+
+    @property
+    def populated(self) -> bool:
+        return self.children is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Child:
+    name: bytes
+    ino: int
+    node: Node
+
+
+InodeData = FileInode | SymlinkInode | DirectoryInode
+
+
+def inode_data(node: Node) -> InodeData:
+    if isinstance(node, DirectoryNode):
+        return DirectoryInode(node.digest, node.size)
+    if isinstance(node, FileNode):
+        return FileInode(node.digest, node.size, node.executable)
+    return SymlinkInode(node.target)
+
+
+def _key(node: Node) -> tuple[object, ...]:
+    if isinstance(node, DirectoryNode):
+        return ("d", node.digest)
+    if isinstance(node, FileNode):
+        return ("f", node.digest, node.executable)
+    return ("l", node.target)
+
+
+def file_type(data: InodeData | None) -> int:
+    if data is None or isinstance(data, DirectoryInode):
+        return stat.S_IFDIR
+    if isinstance(data, FileInode):
+        return stat.S_IFREG
+    return stat.S_IFLNK
+
+
+def permissions(data: InodeData | None) -> int:
+    if isinstance(data, SymlinkInode) or (isinstance(data, FileInode) and not data.executable):
+        return 0o444
+    return 0o555
+
+
+class InodeTracker:
+    """Allocates inode numbers from 2 upwards (1 is the root) and finds them by content.
+
+    Thread-safe, since lookups race with each other across FUSE worker tasks only between
+    awaits, but tests and tools may also use it from threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._data: dict[int, InodeData] = {}
+        self._by_key: dict[tuple[object, ...], int] = {}
+        self._next = ROOT_INODE + 1
+
+    def put(self, node: Node) -> int:
+        """The inode of `node`'s content, allocated on first sight."""
+        key = _key(node)
+        with self._lock:
+            ino = self._by_key.get(key)
+            if ino is None:
+                ino = self._next
+                self._next += 1
+                self._by_key[key] = ino
+                self._data[ino] = inode_data(node)
+            return ino
+
+    def get(self, ino: int) -> InodeData | None:
+        return self._data.get(ino)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+__all__ = [
+    "ROOT_INODE",
+    "Child",
+    "DirectoryInode",
+    "FileInode",
+    "InodeData",
+    "InodeTracker",
+    "SymlinkInode",
+    "file_type",
+    "inode_data",
+    "permissions",
+]
