@@ -103,7 +103,13 @@ def test_put_of_two_roots_is_refused_before_sending(client: Services) -> None:
         client.directories.put([WITH_KEEP, Directory()])
 
 
-def test_ten_thousand_directories_in_one_stream(client: Services) -> None:
+def test_ten_thousand_directories_in_one_stream(memory_store, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
+    """One namespace and transport suffice here: this is about volume, not wire shape."""
+    from castore_client.connect import open_services
+    from castore_client.rpc.server import CastoreServer
+
+    from .conftest import listen_address
+
     def chain():
         child: Directory | None = None
         for i in range(10_000):
@@ -113,8 +119,10 @@ def test_ten_thousand_directories_in_one_stream(client: Services) -> None:
             child = Directory.of(nodes)
             yield child
 
-    root = client.directories.put(chain())
-    assert sum(1 for _ in client.directories.get_recursive(root)) == 10_000
+    listen = listen_address("unix", tmp_path_factory)
+    with CastoreServer(memory_store, listen) as server, open_services(server.address) as client:
+        root = client.directories.put(chain())
+        assert sum(1 for _ in client.directories.get_recursive(root)) == 10_000
 
 
 def store_path_of(name: str) -> StorePath:
