@@ -157,6 +157,68 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from castore_client.connect import open_services
+    from castore_client.importer import import_path
+    from castore_client.rpc.endpoint import Namespace
+
+    blob_addr, dir_addr, info_addr = _service_addresses(args)
+    for path in args.paths:
+        if not os.path.lexists(path):
+            raise UsageError(f"{path}: no such file or directory")
+    with open_services(
+        blob_addr,
+        dir_addr,
+        info_addr,
+        namespace=Namespace.parse(args.protocol),
+        timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
+    ) as services:
+        for path in args.paths:
+            with _progress_for(
+                path, enabled=sys.stderr.isatty() and not args.no_progress
+            ) as progress:
+                result = import_path(path, services, progress=progress)
+            print(result.store_path.absolute, flush=True)
+    return 0
+
+
+def _progress_for(path: str, *, enabled: bool):  # type: ignore[no-untyped-def]
+    """A tqdm bar over the bytes to import, on a terminal only; a no-op context otherwise."""
+    import contextlib
+
+    from castore_client.importer import Progress, tree_totals
+
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from tqdm import tqdm
+
+    files, size = tree_totals(path)
+
+    @contextlib.contextmanager
+    def bar():  # type: ignore[no-untyped-def]
+        with tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=os.path.basename(os.path.abspath(path))[:30],
+            leave=False,
+            postfix={"files": f"0/{files}"},
+        ) as t:
+            done = 0
+
+            def on_file() -> None:
+                nonlocal done
+                done += 1
+                if done % 64 == 0 or done == files:
+                    t.set_postfix(files=f"{done}/{files}", refresh=False)
+
+            yield Progress(on_bytes=t.update, on_file=on_file)
+
+    return bar()
+
+
 def _remove_stale_socket(path: pathlib.Path) -> None:
     """A socket file left by a killed server blocks the bind; a live one must not be stolen."""
     import socket
@@ -177,6 +239,34 @@ def _remove_stale_socket(path: pathlib.Path) -> None:
 def _on_signals(handler: Callable[[], None]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: handler())
+
+
+def _add_address_options(parser: argparse.ArgumentParser) -> None:
+    addresses = parser.add_argument_group(
+        "addresses",
+        "Environment: CASTORE_STORE stands for --store; BLOB_SERVICE_ADDR, "
+        "DIRECTORY_SERVICE_ADDR, PATH_INFO_SERVICE_ADDR for the per-service flags "
+        "(flags win over the environment).",
+    )
+    addresses.add_argument(
+        "--store",
+        dest="store_addr",
+        metavar="ADDR",
+        help=f"address of all three services (default {DEFAULT_ADDRESS})",
+    )
+    addresses.add_argument("--blob-service-addr", metavar="ADDR", help="BlobService address")
+    addresses.add_argument(
+        "--directory-service-addr", metavar="ADDR", help="DirectoryService address"
+    )
+    addresses.add_argument(
+        "--path-info-service-addr", metavar="ADDR", help="PathInfoService address"
+    )
+    addresses.add_argument(
+        "--protocol",
+        default="tvix",
+        choices=["tvix", "snix", "auto"],
+        help="gRPC package names to speak (default tvix; auto asks the server)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,31 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
             "whoever reads it, and the mount keeps serving everything else."
         ),
     )
-    addresses = mount.add_argument_group(
-        "addresses",
-        "Environment: CASTORE_STORE stands for --store; BLOB_SERVICE_ADDR, "
-        "DIRECTORY_SERVICE_ADDR, PATH_INFO_SERVICE_ADDR for the per-service flags "
-        "(flags win over the environment).",
-    )
-    addresses.add_argument(
-        "--store",
-        dest="store_addr",
-        metavar="ADDR",
-        help=f"address of all three services (default {DEFAULT_ADDRESS})",
-    )
-    addresses.add_argument("--blob-service-addr", metavar="ADDR", help="BlobService address")
-    addresses.add_argument(
-        "--directory-service-addr", metavar="ADDR", help="DirectoryService address"
-    )
-    addresses.add_argument(
-        "--path-info-service-addr", metavar="ADDR", help="PathInfoService address"
-    )
-    addresses.add_argument(
-        "--protocol",
-        default="tvix",
-        choices=["tvix", "snix", "auto"],
-        help="gRPC package names to speak (default tvix; auto asks the server)",
-    )
+    _add_address_options(mount)
     mount.add_argument(
         "--list-root", action="store_true", help="allow listing the root (off: EPERM)"
     )
@@ -285,6 +351,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
     mount.set_defaults(func=cmd_mount)
+
+    imp = sub.add_parser(
+        "import",
+        parents=[common],
+        help="upload paths into a store and register them as Nix store paths",
+        description=(
+            "Upload each PATH (a file, directory or symlink) into the store: its blobs (only "
+            "those the store lacks), its directories, and a PathInfo named exactly as "
+            "`nix-store --add PATH` names it. Prints one absolute store path per PATH. Sockets, "
+            "fifos, device nodes and unreadable files stop the import with an error naming the "
+            "path; nothing is registered for a PATH that failed."
+        ),
+    )
+    _add_address_options(imp)
+    imp.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="deadline of each remote call (default none)",
+    )
+    imp.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for the server at startup (default 10)",
+    )
+    imp.add_argument(
+        "--no-progress", action="store_true", help="no progress bar, even on a terminal"
+    )
+    imp.add_argument("paths", nargs="+", metavar="PATH", help="what to import")
+    imp.set_defaults(func=cmd_import)
     return parser
 
 
