@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO
 
+from .chunk_cache import ChunkCache
 from .digest import B3Digest, hasher
 from .errors import BlobNotFound, DigestMismatch, InvalidChunkList
 from .services import BlobService, ChunkMeta
@@ -299,3 +300,61 @@ class WholeBlobReader:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+SMALL_BLOB = 1 << 20
+
+
+class SmallBlobReader:
+    """A blob small enough to fetch whole: one Read, verified, no Stat round trip first.
+
+    Reading a blob by its own digest returns all of its bytes however the server chunked it,
+    so skipping Stat is always correct; below SMALL_BLOB it is also always cheaper.
+    """
+
+    def __init__(self, digest: B3Digest, size: int, fetch: Callable[[], bytes]) -> None:
+        self.digest = digest
+        self.size: int | None = size
+        self._fetch = fetch
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must not be negative")
+        if offset >= (self.size or 0) or length == 0:
+            return b""
+        return self._fetch()[offset : offset + length]
+
+    def close(self) -> None:
+        pass
+
+
+def open_reader(
+    service: BlobService,
+    digest: B3Digest,
+    size: int | None,
+    *,
+    cache: ChunkCache | None = None,
+    timeout: float | None = None,
+) -> ChunkedReader | WholeBlobReader | SmallBlobReader:
+    """The cheapest verified reader for a blob whose size the caller (a FileNode) knows.
+
+    With a cache, small blobs and chunks are kept after their first verified download.
+    """
+
+    def verified(meta: ChunkMeta, what: str) -> Callable[[], bytes]:
+        def fetch() -> bytes:
+            return fetch_verified(service, meta, timeout=timeout, what=what)
+
+        if cache is None:
+            return fetch
+        return lambda: cache.get(meta.digest, fetch)
+
+    if size is not None and size <= SMALL_BLOB:
+        return SmallBlobReader(digest, size, verified(ChunkMeta(digest, size), "blob"))
+    return open_blob_reader(
+        service,
+        digest,
+        size,
+        timeout=timeout,
+        fetch=lambda meta: verified(meta, "chunk")(),
+    )

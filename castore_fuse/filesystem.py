@@ -13,6 +13,7 @@ between awaits; two tasks populating the same directory wait on one shared fetch
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import logging
 from collections import deque
@@ -21,8 +22,11 @@ from dataclasses import dataclass, field
 
 import trio
 
+from castore_client.chunk_cache import ChunkCache
+from castore_client.chunked_reader import open_reader
 from castore_client.digest import B3Digest
-from castore_client.directory import Node
+from castore_client.directory import Directory, Node
+from castore_client.errors import CastoreError
 from castore_client.services import BlobReader, BlobService, DirectoryService
 
 from .bridge import StreamPump, run_blocking
@@ -78,6 +82,15 @@ class _DirListing:
     ino: int
 
 
+@dataclass
+class _OpenFile:
+    """An open file; its reader is made on the first read, so opening costs no round trip."""
+
+    data: FileInode
+    reader: BlobReader | None = None
+    lock: trio.Lock = field(default_factory=trio.Lock)
+
+
 class CastoreFilesystem:
     def __init__(
         self,
@@ -88,6 +101,8 @@ class CastoreFilesystem:
         list_root: bool = False,
         show_xattr: bool = False,
         xattr_namespace: str = "tvix",
+        cache: ChunkCache | None = None,
+        prefetch_directories: int = 10_000,
     ) -> None:
         self.blobs = blobs
         self.directories = directories
@@ -97,10 +112,14 @@ class CastoreFilesystem:
         self.xattr_prefix = f"user.{xattr_namespace}.castore.".encode()
         self.inodes = InodeTracker()
         self._root_names: dict[bytes, int] = {}
+        self._roots: set[int] = set()
         self._fetching: dict[B3Digest, trio.Event] = {}
         self._handles = itertools.count(1)
         self._dirs: dict[int, _RootListing | _DirListing] = {}
-        self._files: dict[int, BlobReader] = {}
+        self._files: dict[int, _OpenFile] = {}
+        self.cache = cache if cache is not None else ChunkCache()
+        self.prefetch_limit = prefetch_directories
+        self._prefetched: dict[B3Digest, Directory] = {}
 
     # -- inodes and names -------------------------------------------------------------------
 
@@ -136,6 +155,7 @@ class CastoreFilesystem:
     def _remember_root(self, node: Node) -> int:
         ino = self.inodes.put(node)
         self._root_names[node.name] = ino
+        self._roots.add(ino)
         return ino
 
     def _child_data(self, child: Child) -> InodeData:
@@ -155,7 +175,9 @@ class CastoreFilesystem:
                 continue
             done = self._fetching[data.digest] = trio.Event()
             try:
-                directory = await run_blocking(self.directories.get, data.digest)
+                directory = self._prefetched.pop(data.digest, None)
+                if directory is None:
+                    directory = await self._fetch_directory(data.digest, root=ino in self._roots)
                 children = tuple(
                     Child(node.name, self.inodes.put(node), node) for node in directory.entries()
                 )
@@ -165,6 +187,39 @@ class CastoreFilesystem:
                 del self._fetching[data.digest]
                 done.set()
         return data
+
+    async def _fetch_directory(self, digest: B3Digest, *, root: bool) -> Directory:
+        """One Directory; under a root node, its whole closure at once (bounded).
+
+        The first directory a walk enters below a root node is usually followed by the rest
+        of that tree, so one recursive Get replaces a round trip per directory. If the
+        closure cannot be had whole (too big, a missing or invalid member), the directory is
+        fetched alone, so that only the broken part of the tree gives errors.
+        """
+        if root and self.prefetch_limit > 0:
+            try:
+                closure = await run_blocking(self._closure, digest)
+            except CastoreError as exc:
+                log.debug("prefetching the closure of %s failed: %s", digest, exc)
+            else:
+                if closure is not None:
+                    self._prefetched.update(closure)
+                    return self._prefetched.pop(digest)
+        return await run_blocking(self.directories.get, digest)
+
+    def _closure(self, digest: B3Digest) -> dict[B3Digest, Directory] | None:
+        found: dict[B3Digest, Directory] = {}
+        stream = self.directories.get_recursive(digest)
+        try:
+            for directory in stream:
+                found[directory.digest] = directory
+                if len(found) > self.prefetch_limit:
+                    return None
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        return found
 
     # -- directories -------------------------------------------------------------------------
 
@@ -236,21 +291,33 @@ class CastoreFilesystem:
             raise FsError(errno.EISDIR)
         if not isinstance(data, FileInode):
             raise FsError(errno.EINVAL, "not a regular file")
-        reader = await run_blocking(self.blobs.open_read, data.digest, data.size)
         fh = next(self._handles)
-        self._files[fh] = reader
+        self._files[fh] = _OpenFile(data)
         return fh
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
-        reader = self._files.get(fh)
-        if reader is None:
+        handle = self._files.get(fh)
+        if handle is None:
             raise FsError(errno.EBADF)
+        if offset >= handle.data.size:
+            return b""
+        reader = handle.reader
+        if reader is None:
+            async with handle.lock:
+                if handle.reader is None:
+                    handle.reader = await run_blocking(
+                        functools.partial(open_reader, cache=self.cache),
+                        self.blobs,
+                        handle.data.digest,
+                        handle.data.size,
+                    )
+                reader = handle.reader
         return await run_blocking(reader.read_at, offset, size)
 
     async def release(self, fh: int) -> None:
-        reader = self._files.pop(fh, None)
-        if reader is not None:
-            await run_blocking(reader.close)
+        handle = self._files.pop(fh, None)
+        if handle is not None and handle.reader is not None:
+            await run_blocking(handle.reader.close)
 
     def readlink(self, ino: int) -> bytes:
         data = self.data(ino)
@@ -286,6 +353,7 @@ class CastoreFilesystem:
     def close(self) -> None:
         for fh in list(self._dirs):
             self.releasedir(fh)
-        for reader in self._files.values():
-            reader.close()
+        for handle in self._files.values():
+            if handle.reader is not None:
+                handle.reader.close()
         self._files.clear()

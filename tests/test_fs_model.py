@@ -149,8 +149,9 @@ async def test_missing_objects_surface_as_store_errors(memory_store: EmbeddedSto
     with pytest.raises(DirectoryNotFound):
         await fs.lookup(nodir, b"x")
     noblob, _ = await fs.lookup(ROOT_INODE, b"noblob")
+    fh = await fs.open(noblob)  # opening costs no round trip; the first read finds out
     with pytest.raises(BlobNotFound):
-        await fs.open(noblob)
+        await fs.read(fh, 0, 10)
 
 
 async def test_xattrs(memory_store: EmbeddedStore) -> None:
@@ -211,16 +212,54 @@ async def test_adapter_maps_errors_and_survives(memory_store: EmbeddedStore) -> 
 async def test_concurrent_lookups_fetch_a_directory_once(memory_store: EmbeddedStore) -> None:
     calls = 0
     real_get = memory_store.directories.get
+    real_get_recursive = memory_store.directories.get_recursive
 
     def counting_get(digest, **kwargs):  # type: ignore[no-untyped-def]
         nonlocal calls
         calls += 1
         return real_get(digest, **kwargs)
 
+    def counting_get_recursive(digest, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        return real_get_recursive(digest, **kwargs)
+
     memory_store.directories.get = counting_get  # type: ignore[method-assign]
+    memory_store.directories.get_recursive = counting_get_recursive  # type: ignore[method-assign]
     fs = build(memory_store)
     ino, _ = await fs.lookup(ROOT_INODE, b"dir")
     async with trio.open_nursery() as nursery:
         for name in (b".keep", b"aa", b"keep"):
             nursery.start_soon(fs.lookup, ino, name)
     assert calls == 1
+
+
+async def test_a_root_directory_prefetches_its_closure(memory_store: EmbeddedStore) -> None:
+    fs = build(memory_store)
+    fetched = []
+    real_get = memory_store.directories.get
+
+    def counting_get(digest, **kwargs):  # type: ignore[no-untyped-def]
+        fetched.append(digest)
+        return real_get(digest, **kwargs)
+
+    memory_store.directories.get = counting_get  # type: ignore[method-assign]
+    ino, _ = await fs.lookup(ROOT_INODE, b"dir")
+    keep, _ = await fs.lookup(ino, b"keep")
+    await fs.lookup(keep, b".keep")
+    assert fetched == []  # both came with the one recursive Get
+
+
+async def test_a_broken_closure_falls_back_to_single_gets(memory_store: EmbeddedStore) -> None:
+    fs = build(memory_store)
+    # A closure whose child is missing (stored behind the store's back, since a Put would
+    # refuse it): the parent still lists, only the child is an error.
+    missing = DirectoryNode(b"gone", B3Digest(fx.b3(b"not stored")), 2)
+    parent = Directory.of([missing, FileNode(b"f", EMPTY, 0)])
+    memory_store.directories._directories[parent.digest] = parent  # type: ignore[attr-defined]
+    fs.root_nodes.nodes[b"broken"] = DirectoryNode(b"broken", parent.digest, parent.size())  # type: ignore[attr-defined]
+    ino, _ = await fs.lookup(ROOT_INODE, b"broken")
+    assert [e.name for e in await listing(fs, ino)] == [b"f", b"gone"]
+    gone, _ = await fs.lookup(ino, b"gone")
+    with pytest.raises(DirectoryNotFound):
+        await fs.lookup(gone, b"x")

@@ -1,0 +1,83 @@
+"""Verified chunks kept in memory, so repeated reads do not go back to the server.
+
+Keys are digests and values are bytes that already matched them, so nothing in here can be
+wrong, only missing. The cache is bounded in bytes (least recently used goes first), and
+concurrent requests for the same digest share one fetch instead of downloading it twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+from .digest import B3Digest
+
+
+class _Flight:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: bytes | None = None
+        self.error: BaseException | None = None
+
+
+class ChunkCache:
+    def __init__(self, max_bytes: int = 256 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._items: OrderedDict[B3Digest, bytes] = OrderedDict()
+        self._size = 0
+        self._flights: dict[B3Digest, _Flight] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, digest: B3Digest, fetch: Callable[[], bytes]) -> bytes:
+        """The verified bytes for `digest`; `fetch` must return verified bytes or raise."""
+        with self._lock:
+            value = self._items.get(digest)
+            if value is not None:
+                self._items.move_to_end(digest)
+                self.hits += 1
+                return value
+            flight = self._flights.get(digest)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[digest] = _Flight()
+                self.misses += 1
+        if not leader:
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            assert flight.value is not None
+            return flight.value
+        try:
+            value = bytes(fetch())
+            flight.value = value
+            self._insert(digest, value)
+            return value
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._flights[digest]
+            flight.done.set()
+
+    def _insert(self, digest: B3Digest, value: bytes) -> None:
+        if len(value) > self.max_bytes:
+            return
+        with self._lock:
+            if digest in self._items:
+                return
+            self._items[digest] = value
+            self._size += len(value)
+            while self._size > self.max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self._size -= len(evicted)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def __contains__(self, digest: B3Digest) -> bool:
+        return digest in self._items
