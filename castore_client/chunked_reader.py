@@ -15,11 +15,13 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+import queue
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO
 
+from .cancel import CancelScope
 from .chunk_cache import ChunkCache
 from .digest import B3Digest, hasher
 from .errors import BlobNotFound, DigestMismatch, InvalidChunkList
@@ -106,7 +108,7 @@ class ChunkedReader:
             )
         self._lock = threading.Lock()
         self._last: tuple[int, bytes] | None = None
-        self._stream: Iterator[bytes] | None = None
+        self._stream: StreamReadahead | None = None
         self._stream_next = 0
 
     def chunk_range(self, offset: int, length: int) -> range:
@@ -153,13 +155,19 @@ class ChunkedReader:
         if self._stream is None:
             if index != 0:
                 return None
-            self._stream = _verified_chunks(self._open_stream(), self.digest, self.chunks)
+            self._stream = StreamReadahead(self._open_stream, self.digest, self.chunks)
             self._stream_next = 0
         if index != self._stream_next:
+            log.debug(
+                "blob %s: chunk %d requested while the stream is at %d; fetching singly",
+                self.digest,
+                index,
+                self._stream_next,
+            )
             self._close_stream()
             return None
         try:
-            data = next(self._stream)
+            data = self._stream.next()
         except BaseException:
             self._close_stream()
             raise
@@ -170,14 +178,75 @@ class ChunkedReader:
 
     def _close_stream(self) -> None:
         stream, self._stream = self._stream, None
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
+        if stream is not None:
+            stream.close()
 
     def close(self) -> None:
         with self._lock:
             self._close_stream()
             self._last = None
+
+
+class StreamReadahead:
+    """Pulls a whole-blob stream on a thread of its own, verified chunk by chunk, a few ahead.
+
+    A filesystem reads in bursts (one kernel request at a time); without a reader of its own
+    the stream would stall between requests and every request would wait for the network.
+    `depth` verified chunks are kept ready; `close()` stops the thread and cancels the RPC.
+    """
+
+    def __init__(
+        self,
+        open_stream: Callable[[], Iterator[bytes]],
+        digest: B3Digest,
+        chunks: Sequence[ChunkMeta],
+        depth: int = 8,
+    ) -> None:
+        self._queue: queue.Queue[tuple[bytes | None, BaseException | None]] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._scope = CancelScope()
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(open_stream, digest, chunks),
+            name="castore-readahead",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _run(
+        self,
+        open_stream: Callable[[], Iterator[bytes]],
+        digest: B3Digest,
+        chunks: Sequence[ChunkMeta],
+    ) -> None:
+        with self._scope.bound():
+            try:
+                for data in _verified_chunks(open_stream(), digest, chunks):
+                    if not self._offer((data, None)):
+                        return
+            except BaseException as exc:
+                if not self._stop.is_set():
+                    self._offer((None, exc))
+
+    def _offer(self, item: tuple[bytes | None, BaseException | None]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next(self) -> bytes:
+        data, error = self._queue.get()
+        if error is not None:
+            raise error
+        assert data is not None
+        return data
+
+    def close(self) -> None:
+        self._stop.set()
+        self._scope.cancel()
 
 
 def _verified_chunks(
