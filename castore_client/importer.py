@@ -54,6 +54,8 @@ class Progress:
 
     on_bytes: Callable[[int], None] = lambda n: None
     on_file: Callable[[], None] = lambda: None
+    on_upload: Callable[[int], None] = lambda n: None
+    """A large file the store lacked was sent (after its first read was counted)."""
 
 
 @dataclass
@@ -67,8 +69,9 @@ class _Counters:
 class _Uploader:
     """Stat, then Put if missing, on a few threads; bytes in flight are bounded."""
 
-    def __init__(self, services: Services, workers: int) -> None:
+    def __init__(self, services: Services, workers: int, progress: Progress) -> None:
         self.blobs = services.blobs
+        self.progress = progress
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="castore-import")
         self.futures: list[Future[None]] = []
         self.budget = threading.BoundedSemaphore(MAX_BYTES_IN_FLIGHT // READ_PIECE)
@@ -108,6 +111,8 @@ class _Uploader:
             with self.counters.lock:
                 self.counters.uploaded += 1
                 self.counters.bytes += size
+            if data is None:
+                self.progress.on_upload(size)
         finally:
             for _ in range(tokens):
                 self.budget.release()
@@ -141,7 +146,7 @@ def import_path(
     services: Services,
     *,
     progress: Progress | None = None,
-    workers: int = 4,
+    workers: int = 8,
 ) -> ImportResult:
     """Upload `path` and register it as the store path `nix-store --add` would create."""
     source = os.path.abspath(os.fsencode(path))
@@ -170,7 +175,7 @@ def import_path(
     )
     services.path_infos.put(PathInfo(node=root, narinfo=narinfo))
     counters = walker.uploader.counters
-    log.info(
+    log.debug(
         "%s: %d blobs uploaded (%d bytes), %d already present",
         store_path.absolute,
         counters.uploaded,
@@ -185,7 +190,7 @@ def import_path(
 class _Walker:
     def __init__(self, services: Services, progress: Progress, workers: int) -> None:
         self.nar = NarHasher()
-        self.uploader = _Uploader(services, workers)
+        self.uploader = _Uploader(services, workers, progress)
         self.progress = progress
         self.directories: list[Directory] = []
         self._known: set[B3Digest] = set()
@@ -233,11 +238,15 @@ class _Walker:
 
     def file(self, path: bytes, name: bytes) -> FileNode:
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed below, errors mapped precisely
+            # Non-blocking and not following links: a path swapped for a fifo or a symlink
+            # since lstat() must fail here, not hang or import something else.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         except OSError as exc:
             raise ImportFailed(f"{_show(path)}: {exc.strerror}") from None
-        with f:
+        with open(fd, "rb") as f:
             st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ImportFailed(f"{_show(path)}: changed while being imported")
             executable = bool(st.st_mode & stat.S_IXUSR)
             size = st.st_size
             self.nar.regular(size, executable)

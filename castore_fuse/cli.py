@@ -211,10 +211,13 @@ def _progress_for(path: str, *, enabled: bool):  # type: ignore[no-untyped-def]
             def on_file() -> None:
                 nonlocal done
                 done += 1
-                if done % 64 == 0 or done == files:
-                    t.set_postfix(files=f"{done}/{files}", refresh=False)
+                t.set_postfix(files=f"{done}/{files}", refresh=False)
 
-            yield Progress(on_bytes=t.update, on_file=on_file)
+            def on_upload(n: int) -> None:
+                t.total += n
+                t.update(n)
+
+            yield Progress(on_bytes=t.update, on_file=on_file, on_upload=on_upload)
 
     return bar()
 
