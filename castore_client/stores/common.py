@@ -8,15 +8,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
-import blake3
-
 from ..chunking import chunk_stream
 from ..closure import UploadValidator
 from ..digest import B3Digest, BackgroundHasher
-from ..pipeline import OrderedWorker
 from ..directory import Directory, Node, SizeFormula
 from ..errors import DirectoryNotFound, InvalidStorePath
 from ..nar import GetDirectory, nar_size_and_sha256
+from ..pipeline import OrderedWorker
 from ..services import BlobService, ChunkMeta, DirectoryService, PathInfoService
 
 log = logging.getLogger(__name__)
