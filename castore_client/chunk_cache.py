@@ -63,6 +63,15 @@ class ChunkCache:
                 del self._flights[digest]
             flight.done.set()
 
+    def peek(self, digest: B3Digest) -> bytes | None:
+        """The bytes if they are cached (counted as a use), without ever fetching."""
+        with self._lock:
+            value = self._items.get(digest)
+            if value is not None:
+                self._items.move_to_end(digest)
+                self.hits += 1
+            return value
+
     def _insert(self, digest: B3Digest, value: bytes) -> None:
         if len(value) > self.max_bytes:
             return

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import trio
 
 from castore_client.chunk_cache import ChunkCache
-from castore_client.chunked_reader import open_reader
+from castore_client.chunked_reader import SMALL_BLOB, open_reader
 from castore_client.digest import B3Digest
 from castore_client.directory import Directory, Node
 from castore_client.errors import CastoreError
@@ -39,6 +39,7 @@ from .inodes import (
     InodeTracker,
     SymlinkInode,
 )
+from .prefetch import SiblingPrefetcher
 from .root_nodes import RootNodes
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class _DirListing:
 class _OpenFile:
     """An open file; its reader is made on the first read, so opening costs no round trip."""
 
+    ino: int
     data: FileInode
     reader: BlobReader | None = None
     lock: trio.Lock = field(default_factory=trio.Lock)
@@ -118,6 +120,7 @@ class CastoreFilesystem:
         self._dirs: dict[int, _RootListing | _DirListing] = {}
         self._files: dict[int, _OpenFile] = {}
         self.cache = cache if cache is not None else ChunkCache()
+        self.prefetcher = SiblingPrefetcher(blobs, self.cache)
         self.prefetch_limit = prefetch_directories
         self._prefetched: dict[B3Digest, Directory] = {}
 
@@ -183,6 +186,7 @@ class CastoreFilesystem:
                 )
                 data.by_name = {child.name: child for child in children}
                 data.children = children
+                self.prefetcher.note_directory(children)
             finally:
                 del self._fetching[data.digest]
                 done.set()
@@ -292,7 +296,7 @@ class CastoreFilesystem:
         if not isinstance(data, FileInode):
             raise FsError(errno.EINVAL, "not a regular file")
         fh = next(self._handles)
-        self._files[fh] = _OpenFile(data)
+        self._files[fh] = _OpenFile(ino, data)
         return fh
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
@@ -302,6 +306,12 @@ class CastoreFilesystem:
         if offset >= handle.data.size:
             return b""
         reader = handle.reader
+        if reader is None and handle.data.size <= SMALL_BLOB:
+            # Small blobs are read whole, so a cached one is answered without a thread hop.
+            self.prefetcher.after_read(handle.ino)
+            cached = self.cache.peek(handle.data.digest)
+            if cached is not None:
+                return cached[offset : offset + size]
         if reader is None:
             async with handle.lock:
                 if handle.reader is None:
@@ -317,7 +327,7 @@ class CastoreFilesystem:
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
         if handle is not None and handle.reader is not None:
-            await run_blocking(handle.reader.close)
+            handle.reader.close()  # readers close without blocking
 
     def readlink(self, ino: int) -> bytes:
         data = self.data(ino)
@@ -357,3 +367,4 @@ class CastoreFilesystem:
             if handle.reader is not None:
                 handle.reader.close()
         self._files.clear()
+        self.prefetcher.close()

@@ -1,0 +1,73 @@
+"""Reading ahead across files: when one small file of a directory is read, fetch the next.
+
+Programs that read whole trees (tar, cp -r, rsync, a compiler) read the files of a directory
+one after another, in listing order. Each small file costs a round trip of its own, so the
+next few small files after the one being read are fetched in the background into the chunk
+cache, where their reads find them. Listing alone (find, ls) triggers nothing: only a read
+shows that contents are wanted.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from castore_client.chunk_cache import ChunkCache
+from castore_client.chunked_reader import SMALL_BLOB, fetch_verified
+from castore_client.directory import FileNode
+from castore_client.services import BlobService, ChunkMeta
+
+from .inodes import Child
+
+log = logging.getLogger(__name__)
+
+
+class SiblingPrefetcher:
+    def __init__(
+        self,
+        blobs: BlobService,
+        cache: ChunkCache,
+        *,
+        window: int = 32,
+        workers: int = 8,
+    ) -> None:
+        self.blobs = blobs
+        self.cache = cache
+        self.window = window
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="castore-prefetch")
+        self._position: dict[int, tuple[tuple[ChunkMeta, ...], int]] = {}
+        self._pending: set[object] = set()
+
+    def note_directory(self, children: tuple[Child, ...]) -> None:
+        """Remember where each small file of a listed directory stands among its siblings."""
+        small = tuple(
+            (child.ino, ChunkMeta(child.node.digest, child.node.size))
+            for child in children
+            if isinstance(child.node, FileNode) and 0 < child.node.size <= SMALL_BLOB
+        )
+        metas = tuple(meta for _, meta in small)
+        for index, (ino, _) in enumerate(small):
+            self._position[ino] = (metas, index)
+
+    def after_read(self, ino: int) -> None:
+        """A small file was read: fetch the ones after it, unless cached or under way."""
+        position = self._position.get(ino)
+        if position is None:
+            return
+        metas, index = position
+        for meta in metas[index + 1 : index + 1 + self.window]:
+            if meta.digest in self.cache or meta.digest in self._pending:
+                continue
+            self._pending.add(meta.digest)
+            self._pool.submit(self._fetch, meta)
+
+    def _fetch(self, meta: ChunkMeta) -> None:
+        try:
+            self.cache.get(meta.digest, lambda: fetch_verified(self.blobs, meta, what="blob"))
+        except Exception as exc:  # the read that wants it will report it
+            log.debug("prefetch of %s failed: %s", meta.digest, exc)
+        finally:
+            self._pending.discard(meta.digest)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
