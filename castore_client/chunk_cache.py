@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from .digest import B3Digest
+from .disk_cache import DiskChunkCache
 
 
 class _Flight:
@@ -22,8 +23,11 @@ class _Flight:
 
 
 class ChunkCache:
-    def __init__(self, max_bytes: int = 256 << 20) -> None:
+    """Memory first, then (optionally) a shared cache on disk, then the fetch."""
+
+    def __init__(self, max_bytes: int = 256 << 20, disk: DiskChunkCache | None = None) -> None:
         self.max_bytes = max_bytes
+        self.disk = disk
         self._lock = threading.Lock()
         self._items: OrderedDict[B3Digest, bytes] = OrderedDict()
         self._size = 0
@@ -51,7 +55,11 @@ class ChunkCache:
             assert flight.value is not None
             return flight.value
         try:
-            value = bytes(fetch())
+            value = self.disk.get(digest) if self.disk is not None else None
+            if value is None:
+                value = bytes(fetch())
+                if self.disk is not None:
+                    self.disk.put(digest, value)
             flight.value = value
             self._insert(digest, value)
             return value
@@ -62,6 +70,21 @@ class ChunkCache:
             with self._lock:
                 del self._flights[digest]
             flight.done.set()
+
+    def lookup(self, digest: B3Digest) -> bytes | None:
+        """Memory, then disk; never fetches. A disk hit is kept in memory too."""
+        value = self.peek(digest)
+        if value is None and self.disk is not None:
+            value = self.disk.get(digest)
+            if value is not None:
+                self._insert(digest, value)
+        return value
+
+    def insert(self, digest: B3Digest, value: bytes) -> None:
+        """Keep bytes the caller has verified against `digest`."""
+        self._insert(digest, value)
+        if self.disk is not None:
+            self.disk.put(digest, value)
 
     def peek(self, digest: B3Digest) -> bytes | None:
         """The bytes if they are cached (counted as a use), without ever fetching."""

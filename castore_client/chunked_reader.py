@@ -59,6 +59,7 @@ def open_blob_reader(
     timeout: float | None = None,
     fetch: ChunkFetcher | None = None,
     spool_threshold: int = SPOOL_THRESHOLD,
+    cache: ChunkCache | None = None,
 ) -> ChunkedReader | WholeBlobReader:
     """Stat the blob and return the reader that fits its shape.
 
@@ -75,7 +76,7 @@ def open_blob_reader(
         def stream() -> Iterator[bytes]:
             return service.read(digest, timeout=timeout)
 
-        return ChunkedReader(digest, chunks, fetch, size, stream=stream)
+        return ChunkedReader(digest, chunks, fetch, size, stream=stream, cache=cache)
     return WholeBlobReader(service, digest, size, timeout=timeout, spool_threshold=spool_threshold)
 
 
@@ -95,9 +96,11 @@ class ChunkedReader:
         size: int | None = None,
         *,
         stream: Callable[[], Iterator[bytes]] | None = None,
+        cache: ChunkCache | None = None,
     ) -> None:
         self.digest = digest
         self.chunks = tuple(chunks)
+        self._cache = cache
         self._fetch = fetch
         self._open_stream = stream
         self._starts = _chunk_starts(digest, self.chunks)
@@ -141,7 +144,13 @@ class ChunkedReader:
             return last[1]
         meta = self.chunks[index]
         try:
-            data = self._from_stream(index)
+            data = self._cache.lookup(meta.digest) if self._cache is not None else None
+            if data is not None:
+                self._skip_in_stream(index)
+            else:
+                data = self._from_stream(index)
+                if data is not None and self._cache is not None:
+                    self._cache.insert(meta.digest, data)
             if data is None:
                 data = self._fetch(meta)
         except BlobNotFound as exc:
@@ -175,6 +184,11 @@ class ChunkedReader:
         if self._stream_next == len(self.chunks):
             self._close_stream()
         return data
+
+    def _skip_in_stream(self, index: int) -> None:
+        """A chunk came from the cache: keep a running stream in step, or leave it be."""
+        if self._stream is not None and index == self._stream_next:
+            self._from_stream(index)
 
     def _close_stream(self) -> None:
         stream, self._stream = self._stream, None
@@ -426,4 +440,5 @@ def open_reader(
         size,
         timeout=timeout,
         fetch=lambda meta: verified(meta, "chunk")(),
+        cache=cache,
     )

@@ -20,9 +20,13 @@ import signal  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 from castore_client.address import DEFAULT_ADDRESS, Address, parse_address  # noqa: E402
 from castore_client.errors import CastoreError  # noqa: E402
+
+if TYPE_CHECKING:
+    from castore_client.tls import ServerTlsOptions, TlsOptions
 
 log = logging.getLogger("castore")
 
@@ -57,14 +61,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from castore_client.stores import open_embedded_store
 
     listen: Address = args.listen
-    if listen.scheme not in ("grpc+http", "grpc+unix"):
-        raise UsageError(f"--listen {listen}: use grpc+http://HOST:PORT or grpc+unix:///PATH")
+    if listen.scheme not in ("grpc+http", "grpc+https", "grpc+unix"):
+        raise UsageError(
+            f"--listen {listen}: use grpc+http://HOST:PORT, grpc+https://HOST:PORT "
+            "or grpc+unix:///PATH"
+        )
     store_address: Address = args.store
     if store_address.is_grpc:
         raise UsageError(f"--store {store_address}: serve needs memory:// or file:///PATH")
+    tls = _server_tls(args, listen)
     if listen.scheme == "grpc+http" and not listen.is_loopback():
         log.warning(
             "listening on %s without TLS: anyone who can reach it can read and write the store",
+            listen,
+        )
+    if tls is not None and not tls.requires_client_certificates and not listen.is_loopback():
+        log.warning(
+            "listening on %s without --tls-client-ca: anyone who can reach it can read and "
+            "write the store",
             listen,
         )
     if listen.scheme == "grpc+unix":
@@ -73,7 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stopped = threading.Event()
     try:
         try:
-            server = CastoreServer(store, listen)
+            server = CastoreServer(store, listen, tls=tls)
         except (RuntimeError, OSError) as exc:
             raise UsageError(f"cannot listen on {listen}: {exc}") from None
         _on_signals(lambda: stopped.set())
@@ -84,6 +98,59 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def _server_tls(args: argparse.Namespace, listen: Address) -> ServerTlsOptions | None:
+    """The server's TLS identity: grpc+https needs --tls-cert and --tls-key, nothing else does."""
+    from castore_client.tls import ServerTlsOptions
+
+    given = [
+        flag
+        for flag, value in (
+            ("--tls-cert", args.tls_cert),
+            ("--tls-key", args.tls_key),
+            ("--tls-client-ca", args.tls_client_ca),
+        )
+        if value is not None
+    ]
+    if not listen.uses_tls:
+        if given:
+            raise UsageError(
+                f"{given[0]} needs --listen grpc+https://HOST:PORT (the listen address is {listen})"
+            )
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise UsageError(f"--listen {listen} needs --tls-cert FILE and --tls-key FILE")
+    try:
+        return ServerTlsOptions.load(args.tls_cert, args.tls_key, args.tls_client_ca)
+    except CastoreError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _client_tls(args: argparse.Namespace, addresses: Sequence[str]) -> TlsOptions | None:
+    """--tls-ca, --tls-cert and --tls-key, loaded; only a grpc+https address can use them."""
+    from castore_client.tls import TlsOptions
+
+    given = [
+        flag
+        for flag, value in (
+            ("--tls-ca", args.tls_ca),
+            ("--tls-cert", args.tls_cert),
+            ("--tls-key", args.tls_key),
+        )
+        if value is not None
+    ]
+    if not given:
+        return None
+    if not any(parse_address(a).uses_tls for a in addresses):
+        raise UsageError(
+            f"{given[0]} applies to grpc+https addresses only, and none is given "
+            f"({', '.join(dict.fromkeys(addresses))})"
+        )
+    try:
+        return TlsOptions.load(args.tls_ca, args.tls_cert, args.tls_key)
+    except CastoreError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _service_addresses(args: argparse.Namespace) -> tuple[str, str, str]:
@@ -114,6 +181,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from .root_nodes import DirectoryRootNodes, PathInfoRootNodes, RootNodes
 
     blob_addr, dir_addr, info_addr = _service_addresses(args)
+    tls = _client_tls(args, (blob_addr, dir_addr, info_addr))
     namespace = Namespace.parse(args.protocol)
     root_digest = B3Digest.parse(args.root_digest) if args.root_digest else None
     try:
@@ -127,6 +195,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         namespace=namespace,
         timeout=args.timeout,
         connect_timeout=args.connect_timeout,
+        tls=tls,
     )
     with services:
         root_nodes: RootNodes
@@ -141,6 +210,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
             list_root=args.list_root,
             show_xattr=args.show_xattr,
             xattr_namespace="snix" if namespace is Namespace.SNIX else "tvix",
+            cache=_chunk_cache(args),
         )
         try:
             run_mount(
@@ -163,6 +233,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from castore_client.rpc.endpoint import Namespace
 
     blob_addr, dir_addr, info_addr = _service_addresses(args)
+    tls = _client_tls(args, (blob_addr, dir_addr, info_addr))
     for path in args.paths:
         if not os.path.lexists(path):
             raise UsageError(f"{path}: no such file or directory")
@@ -173,6 +244,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         namespace=Namespace.parse(args.protocol),
         timeout=args.timeout,
         connect_timeout=args.connect_timeout,
+        tls=tls,
     ) as services:
         for path in args.paths:
             with _progress_for(
@@ -220,6 +292,24 @@ def _progress_for(path: str, *, enabled: bool):  # type: ignore[no-untyped-def]
             yield Progress(on_bytes=t.update, on_file=on_file, on_upload=on_upload)
 
     return bar()
+
+
+def _chunk_cache(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from castore_client.chunk_cache import ChunkCache
+    from castore_client.disk_cache import DiskChunkCache, parse_size
+
+    try:
+        memory = parse_size(args.memory_cache_size)
+        disk_size = parse_size(args.cache_size)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    disk = None
+    if args.cache_dir:
+        try:
+            disk = DiskChunkCache(args.cache_dir, disk_size)
+        except OSError as exc:
+            raise UsageError(f"--cache-dir {args.cache_dir}: {exc.strerror}") from None
+    return ChunkCache(memory, disk)
 
 
 def _remove_stale_socket(path: pathlib.Path) -> None:
@@ -270,6 +360,18 @@ def _add_address_options(parser: argparse.ArgumentParser) -> None:
         choices=["tvix", "snix", "auto"],
         help="gRPC package names to speak (default tvix; auto asks the server)",
     )
+    tls = parser.add_argument_group(
+        "TLS", "For grpc+https addresses; without --tls-ca the system's CA certificates apply."
+    )
+    tls.add_argument(
+        "--tls-ca", metavar="FILE", help="PEM CA certificate(s) to verify the server with"
+    )
+    tls.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="PEM client certificate, for servers that require one (with --tls-key)",
+    )
+    tls.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -301,7 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=_address,
         default=parse_address(DEFAULT_ADDRESS),
         metavar="ADDR",
-        help=f"grpc+http://HOST:PORT or grpc+unix:///PATH (default {DEFAULT_ADDRESS})",
+        help=(
+            "grpc+http://HOST:PORT, grpc+https://HOST:PORT (with --tls-cert and --tls-key) "
+            f"or grpc+unix:///PATH (default {DEFAULT_ADDRESS})"
+        ),
     )
     serve.add_argument(
         "--store",
@@ -309,6 +414,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="ADDR",
         help="memory:// or file:///PATH (default file://$XDG_DATA_HOME/castore)",
+    )
+    serve_tls = serve.add_argument_group("TLS", "For --listen grpc+https://HOST:PORT.")
+    serve_tls.add_argument(
+        "--tls-cert", metavar="FILE", help="PEM certificate (chain) the server presents"
+    )
+    serve_tls.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    serve_tls.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="PEM CA certificate(s): require clients to present a certificate signed by them",
     )
     serve.set_defaults(func=cmd_serve)
 
@@ -351,6 +466,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         metavar="SECONDS",
         help="how long to wait for the server at startup (default 10)",
+    )
+    mount.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="keep verified chunks on disk here, shared by every mount on the host",
+    )
+    mount.add_argument(
+        "--cache-size",
+        default="1G",
+        metavar="SIZE",
+        help="the disk cache's limit, e.g. 512M or 10G (default 1G)",
+    )
+    mount.add_argument(
+        "--memory-cache-size",
+        default="256M",
+        metavar="SIZE",
+        help="verified chunks kept in memory (default 256M)",
     )
     mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
     mount.set_defaults(func=cmd_mount)

@@ -998,3 +998,43 @@ def test_cli_unreachable_tcp_server(tmp_path: pathlib.Path) -> None:
     result = run_mount_expecting_error("--store", address, *QUICK_GIVE_UP, str(mountpoint))
     assert_one_line_error(result, f"127.0.0.1:{port}")
     assert not is_mounted(mountpoint)
+
+
+# --------------------------------------------------------------------------------------------
+# The disk cache: what one mount verified, the next mount finds without the server.
+
+
+def test_disk_cache_serves_a_later_mount(
+    tmp_path: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    cache_dir = tmp_path / "cache"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with open_memory_store() as store:
+        populate_fixtures(store)
+        populate_extras(store)
+        with serve_and_mount(
+            store,
+            "--cache-dir",
+            str(cache_dir),
+            tmp_path=tmp_path / "a",
+            tmp_path_factory=tmp_path_factory,
+        ) as mount:
+            assert (mount.path / RANDOM_NAME).read_bytes() == RANDOM_BLOB
+            assert (mount.path / HELLOWORLD_NAME).read_bytes() == fx.HELLOWORLD
+        cached = [p for p in cache_dir.glob("*/*") if not p.name.startswith(".")]
+        assert cached
+        # The server now corrupts everything it sends: only the cache can give right bytes.
+        every = {B3Digest(fx.b3(fx.HELLOWORLD))} | {
+            c.digest for c in store.blobs.stat(B3Digest(fx.b3(RANDOM_BLOB)))
+        }
+        blobs = CorruptingBlobService(store.blobs, every)
+        with serve_and_mount(
+            Services(blobs, store.directories, store.path_infos),
+            "--cache-dir",
+            str(cache_dir),
+            tmp_path=tmp_path / "b",
+            tmp_path_factory=tmp_path_factory,
+        ) as mount:
+            assert (mount.path / HELLOWORLD_NAME).read_bytes() == fx.HELLOWORLD
+            assert (mount.path / RANDOM_NAME).read_bytes()[:1000] == RANDOM_BLOB[:1000]
