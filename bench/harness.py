@@ -100,7 +100,9 @@ def castore_mount(
         with process(argv, lambda: os.path.ismount(mountpoint), log) as proc:
             yield proc
     finally:
-        if os.path.ismount(mountpoint):
+        # Not os.path.ismount: it says False for a dead FUSE mount (ENOTCONN), which most
+        # needs removing.
+        if str(mountpoint) in pathlib.Path("/proc/self/mounts").read_text():
             subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -32,11 +33,13 @@ class CancelScope:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: set[Cancellable] = set()
+        self._event = threading.Event()
         self.cancelled = False
 
     def cancel(self) -> None:
         with self._lock:
             self.cancelled = True
+            self._event.set()
             calls = list(self._calls)
         for call in calls:
             call.cancel()
@@ -85,3 +88,13 @@ def check_cancelled() -> None:
     scope = current_scope()
     if scope is not None and scope.cancelled:
         raise Cancelled("cancelled by the caller")
+
+
+def sleep(seconds: float) -> None:
+    """Sleep, but wake up and raise Cancelled as soon as the current scope is cancelled."""
+    scope = current_scope()
+    if scope is None:
+        time.sleep(seconds)
+        return
+    scope._event.wait(seconds)
+    check_cancelled()

@@ -308,9 +308,9 @@ class CastoreFilesystem:
         reader = handle.reader
         if reader is None and handle.data.size <= SMALL_BLOB:
             # Small blobs are read whole, so a cached one is answered without a thread hop.
-            self.prefetcher.after_read(handle.ino)
             cached = self.cache.peek(handle.data.digest)
             if cached is not None:
+                self.prefetcher.after_read(handle.ino)
                 return cached[offset : offset + size]
         if reader is None:
             async with handle.lock:
@@ -322,7 +322,11 @@ class CastoreFilesystem:
                         handle.data.size,
                     )
                 reader = handle.reader
-        return await run_blocking(reader.read_at, offset, size)
+        data = await run_blocking(reader.read_at, offset, size)
+        if handle.data.size <= SMALL_BLOB:
+            # Only now: fetching the neighbours first would make this read wait behind them.
+            self.prefetcher.after_read(handle.ino)
+        return data
 
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)

@@ -29,7 +29,7 @@ class SiblingPrefetcher:
         cache: ChunkCache,
         *,
         window: int = 32,
-        workers: int = 8,
+        workers: int = 4,
     ) -> None:
         self.blobs = blobs
         self.cache = cache

@@ -31,7 +31,12 @@ class GrpcBlobService:
         request = bpb.StatBlobRequest(digest=digest.raw, send_chunks=True)
         with translated(f"stat blob {digest}", BlobNotFound):
             response = self.endpoint.unary(
-                SERVICE, "Stat", request, bpb.StatBlobResponse, self._deadline(timeout)
+                SERVICE,
+                "Stat",
+                request,
+                bpb.StatBlobResponse,
+                self._deadline(timeout),
+                idempotent=True,
             )
         chunks = []
         for chunk in response.chunks:
@@ -45,7 +50,7 @@ class GrpcBlobService:
     def read(self, digest: B3Digest, *, timeout: float | None = None) -> Iterator[bytes]:
         request = bpb.ReadBlobRequest(digest=digest.raw)
         call = self.endpoint.server_stream(
-            SERVICE, "Read", request, BlobChunkCodec, self._deadline(timeout)
+            SERVICE, "Read", request, BlobChunkCodec, self._deadline(timeout), idempotent=True
         )
         return _pieces(call, digest)
 

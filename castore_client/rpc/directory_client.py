@@ -37,7 +37,7 @@ class GrpcDirectoryService:
     ) -> Iterator[cpb.Directory]:
         request = dpb.GetDirectoryRequest(digest=digest.raw, recursive=recursive)
         return self.endpoint.server_stream(  # type: ignore[no-any-return]
-            SERVICE, "Get", request, cpb.Directory, self._deadline(timeout)
+            SERVICE, "Get", request, cpb.Directory, self._deadline(timeout), idempotent=True
         )
 
     def get(self, digest: B3Digest, *, timeout: float | None = None) -> Directory:

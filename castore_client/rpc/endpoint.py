@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import enum
 import logging
+import random
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 
 from ..address import Address
 from ..cancel import Cancelled, check_cancelled, current_scope, tracked
+from ..cancel import sleep as cancel_sleep
 from ..errors import InvalidAddress, Unavailable
 
 log = logging.getLogger(__name__)
@@ -69,11 +73,72 @@ def open_channel(
     return grpc.insecure_channel(target, options=options)
 
 
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of idempotent calls: exponential backoff with full jitter.
+
+    With a deadline (`--timeout`) a call is retried until the deadline passes, so a server
+    that restarts within it is never noticed; without one, `attempts` bounds the tries.
+    """
+
+    attempts: int = 5
+    initial_backoff: float = 0.05
+    max_backoff: float = 2.0
+
+    def backoff(self, attempt: int) -> float:
+        return random.uniform(0, min(self.max_backoff, self.initial_backoff * 2 ** (attempt - 1)))
+
+
+class _Budget:
+    """One logical call's deadline and attempt count across its retries."""
+
+    def __init__(self, policy: RetryPolicy, timeout: float | None, idempotent: bool) -> None:
+        self.policy = policy
+        self.idempotent = idempotent
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.attempt = 1
+
+    def remaining(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return max(self.deadline - time.monotonic(), 0.001)
+
+    def retry_after(self, exc: grpc.RpcError) -> bool:
+        """Whether to try again; sleeps the backoff first (cancellable)."""
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        if not self.idempotent or code not in RETRYABLE:
+            return False
+        if self.deadline is None and self.attempt >= self.policy.attempts:
+            return False
+        delay = self.policy.backoff(self.attempt)
+        if self.deadline is not None and time.monotonic() + delay >= self.deadline:
+            return False
+        log.debug("retrying after %s (attempt %d, %.2f s)", code, self.attempt, delay)
+        cancel_sleep(delay)
+        self.attempt += 1
+        return True
+
+
 class Endpoint:
     """Calls methods by (service, method) name on a channel in the configured namespace."""
 
-    def __init__(self, channel: grpc.Channel, namespace: Namespace = Namespace.TVIX) -> None:
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        namespace: Namespace = Namespace.TVIX,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self.channel = channel
+        self.retry = retry or RetryPolicy()
         self._requested = namespace
         self._resolved: Namespace | None = None if namespace is Namespace.AUTO else namespace
         self._lock = threading.Lock()
@@ -130,6 +195,8 @@ class Endpoint:
         request: Any,
         response_type: type[Resp],
         timeout: float | None,
+        *,
+        idempotent: bool = False,
     ) -> Resp:
         call = self._callable(
             "unary_unary",
@@ -138,7 +205,13 @@ class Endpoint:
             type(request).SerializeToString,
             response_type.FromString,
         )
-        return _await(call.future(request, timeout=timeout))  # type: ignore[no-any-return]
+        budget = _Budget(self.retry, timeout, idempotent)
+        while True:
+            try:
+                return _await(call.future(request, timeout=budget.remaining()))  # type: ignore[no-any-return]
+            except grpc.RpcError as exc:
+                if not budget.retry_after(exc):
+                    raise
 
     def server_stream(
         self,
@@ -147,8 +220,14 @@ class Endpoint:
         request: Any,
         response_type: type[Resp],
         timeout: float | None,
+        *,
+        idempotent: bool = False,
     ) -> Iterator[Resp]:
-        """The response iterator; it is also a grpc.Call, so `.cancel()` stops the stream."""
+        """The response iterator; `.cancel()` stops the stream.
+
+        An idempotent stream that fails before its first message is retried; once messages
+        have arrived, resuming is the caller's business (it knows what it already has).
+        """
         call = self._callable(
             "unary_stream",
             service,
@@ -157,7 +236,8 @@ class Endpoint:
             response_type.FromString,
         )
         check_cancelled()
-        return StreamCall(call(request, timeout=timeout))
+        budget = _Budget(self.retry, timeout, idempotent)
+        return StreamCall(lambda: call(request, timeout=budget.remaining()), budget)
 
     def client_stream(
         self,
@@ -223,21 +303,38 @@ def _await(future: Any) -> Any:
 class StreamCall:
     """A server stream's response iterator, registered with the current CancelScope."""
 
-    def __init__(self, call: Any) -> None:
-        self._call = call
+    def __init__(self, start: Callable[[], Any], budget: _Budget) -> None:
+        self._start = start
+        self._budget = budget
+        self._received = False
         self._scope = current_scope()
+        self._call = self._begin()
+
+    def _begin(self) -> Any:
+        call = self._start()
         if self._scope is not None:
             self._scope._add(call)
+        return call
 
     def __iter__(self) -> StreamCall:
         return self
 
     def __next__(self) -> Any:
-        try:
-            return next(self._call)
-        except BaseException:
-            self._release()
-            raise
+        while True:
+            try:
+                item = next(self._call)
+                self._received = True
+                return item
+            except grpc.RpcError as exc:
+                if self._received or not self._budget.retry_after(exc):
+                    self._release()
+                    raise
+                if self._scope is not None:
+                    self._scope._discard(self._call)
+                self._call = self._begin()
+            except BaseException:
+                self._release()
+                raise
 
     def cancel(self) -> bool:
         self._release()

@@ -29,7 +29,7 @@ class GrpcPathInfoService:
         request = rppb.GetPathInfoRequest(by_output_hash=digest)
         with translated(f"get path info {digest.hex()}", PathInfoNotFound):
             response = self.endpoint.unary(
-                SERVICE, "Get", request, ppb.PathInfo, self._deadline(timeout)
+                SERVICE, "Get", request, ppb.PathInfo, self._deadline(timeout), idempotent=True
             )
         return path_info_from_pb(response)
 
@@ -45,7 +45,12 @@ class GrpcPathInfoService:
 
     def list(self, *, timeout: float | None = None) -> Iterator[PathInfo]:
         call = self.endpoint.server_stream(
-            SERVICE, "List", rppb.ListPathInfoRequest(), ppb.PathInfo, self._deadline(timeout)
+            SERVICE,
+            "List",
+            rppb.ListPathInfoRequest(),
+            ppb.PathInfo,
+            self._deadline(timeout),
+            idempotent=True,
         )
         try:
             with translated("list path infos", PathInfoNotFound):

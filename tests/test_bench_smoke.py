@@ -1,0 +1,129 @@
+"""bench/compare in its smallest configuration: it completes, prints its table and every
+target's verdict, writes JSON with every measurement for every setup, and leaves nothing
+behind. No timing is asserted: CI machines are too noisy for that, the full-size run is not.
+
+It needs root, FUSE, sshfs and sshd; missing ones skip the test locally and fail it in CI
+(Debian packages: fuse3 sshfs openssh-server).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from .fuse_harness import require_fuse
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+COMPARE = ROOT / "bench" / "compare"
+
+SETUPS = ("castore", "sshfs", "local")
+METRICS = ("seq_cold", "seq_warm", "random_4k", "ttfb", "find", "tar", "peak_rss")
+LABELS = (
+    "sequential read cold",
+    "sequential read warm",
+    "random 4 KiB reads cold",
+    "time to first byte, small file",
+    "find | wc -l cold",
+    "tar cf - | wc -c cold",
+    "fs peak RSS reading the big file",
+)
+TARGETS = 8
+
+
+def require(what: str, present: bool) -> None:
+    if not present:
+        if "CI" in os.environ:
+            pytest.fail(f"bench/compare needs {what}, and CI is set")
+        pytest.skip(f"bench/compare needs {what}")
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in pathlib.Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in argv:
+            found.append(argv)
+    return found
+
+
+@pytest.mark.fuse
+@pytest.mark.timeout(600)
+def test_compare_smallest_configuration(tmp_path: pathlib.Path) -> None:
+    require_fuse()
+    require("root (sshd with a root key login, drop_caches)", os.geteuid() == 0)
+    require("sshfs (Debian package sshfs)", shutil.which("sshfs") is not None)
+    require("/usr/sbin/sshd (Debian package openssh-server)", os.access("/usr/sbin/sshd", os.X_OK))
+    require("ssh-keygen (Debian package openssh-client)", shutil.which("ssh-keygen") is not None)
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    out = tmp_path / "compare.json"
+    argv = [
+        str(COMPARE),
+        *("--big-mib", "8", "--files", "50", "--dirs", "5", "--runs", "1"),
+        *("--random-reads", "100", "--tmpdir", str(scratch), "--json", str(out)),
+    ]
+    done = subprocess.run(
+        argv,
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=540,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    # Everything it started is gone: no mount, no process, no temporary directory.
+    mounts = pathlib.Path("/proc/self/mounts").read_text()
+    assert str(scratch) not in mounts
+    assert processes_mentioning(str(scratch)) == []
+    assert list(scratch.iterdir()) == []
+
+    # The table: a row per measurement, the ratio columns, and each target met or not.
+    stdout = done.stdout
+    for label in LABELS:
+        assert label in stdout, stdout
+    for column in (*SETUPS, "grpcio", "castore/sshfs", "castore/local"):
+        assert column in stdout
+    assert "drop_caches" in stdout  # says the page cache was dropped before cold reads
+    verdicts = [
+        line.split()[0:2]
+        for line in stdout.splitlines()
+        if line.startswith("  met ") or line.startswith("  not met ")
+    ]
+    assert len(verdicts) == TARGETS, stdout
+
+    report = json.loads(out.read_text())
+    assert report["config"]["runs"] == 1
+    assert report["config"]["files"] == 50
+    assert report["page_cache_dropped_before_every_cold_measurement"] is True
+    for setup in SETUPS:
+        row = report["setups"][setup]
+        assert set(row) == set(METRICS), (setup, row)
+        for metric in METRICS:
+            cell = row[metric]
+            if "not_applicable" in cell:
+                assert (setup, metric) == ("local", "peak_rss"), (setup, metric)
+                assert cell["median"] is None and cell["samples"] == []
+                continue
+            assert len(cell["samples"]) == 1, (setup, metric, cell)
+            assert math.isfinite(cell["median"]) and cell["median"] > 0, (setup, metric, cell)
+    ceiling = report["setups"]["grpcio"]["seq_cold"]
+    assert len(ceiling["samples"]) == 1 and ceiling["median"] > 0
+    assert len(report["targets"]) == TARGETS
+    assert all(isinstance(t["met"], bool) for t in report["targets"])
+    # The three setups served the same tree and the same bytes.
+    checks = report["checks"]
+    assert {checks[s]["find entries"] for s in SETUPS} == {1 + 5 + 50}
+    assert len({checks[s]["tar bytes"] for s in SETUPS}) == 1
+    assert all(checks[s]["content spot check"] == "ok" for s in SETUPS)
