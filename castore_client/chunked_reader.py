@@ -24,7 +24,7 @@ from typing import IO
 from .cancel import CancelScope
 from .chunk_cache import ChunkCache
 from .digest import B3Digest, hasher
-from .errors import BlobNotFound, DigestMismatch, InvalidChunkList
+from .errors import BlobNotFound, DigestMismatch, InvalidChunkList, Unavailable
 from .services import BlobService, ChunkMeta
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,14 @@ class ChunkedReader:
             if data is not None:
                 self._skip_in_stream(index)
             else:
-                data = self._from_stream(index)
+                try:
+                    data = self._from_stream(index)
+                except Unavailable as exc:
+                    # The stream broke: carry on from this chunk with single, retried fetches.
+                    log.info(
+                        "blob %s: stream broke at chunk %d (%s); resuming", self.digest, index, exc
+                    )
+                    data = None
                 if data is not None and self._cache is not None:
                     self._cache.insert(meta.digest, data)
             if data is None:

@@ -255,3 +255,40 @@ def test_missing_blob_is_not_found() -> None:
 
     with scripted_server(unary={STAT: missing}) as target, pytest.raises(BlobNotFound):
         blob_service(target).open_read(B3Digest(fx.b3(b"nope")))
+
+
+def test_broken_stream_resumes_at_the_chunk_that_failed() -> None:
+    """The whole-blob stream dies after the first chunk; reading goes on chunk by chunk."""
+    requests: list[bytes] = []
+
+    def read(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        requests.append(request)
+        if fx.b3(FIRST) in request:
+            yield blob_chunk(FIRST)
+        elif fx.b3(SECOND) in request:
+            yield blob_chunk(SECOND)
+        else:
+            yield blob_chunk(FIRST)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "connection dropped")
+
+    with scripted_server(unary={STAT: stat_reply(*TWO_CHUNKS)}, streams={READ: read}) as target:
+        reader = blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
+        step = 128 << 10
+        out = b"".join(reader.read_at(o, step) for o in range(0, len(fx.BLOB_B), step))
+    assert out == fx.BLOB_B
+    refetched = [r for r in requests if fx.b3(SECOND) in r]
+    assert refetched and not [r for r in requests if fx.b3(FIRST) in r]  # only the failed one
+
+
+def test_unavailable_is_retried_until_the_server_answers() -> None:
+    attempts = []
+
+    def flaky_stat(request: bytes, context: grpc.ServicerContext) -> bytes:
+        attempts.append(1)
+        if len(attempts) < 3:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "restarting")
+        return b""
+
+    with scripted_server(unary={STAT: flaky_stat}) as target:
+        assert blob_service(target).stat(B3Digest(fx.b3(b"x"))) == []
+    assert len(attempts) == 3
