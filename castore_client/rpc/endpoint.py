@@ -101,9 +101,16 @@ class RetryPolicy:
 class _Budget:
     """One logical call's deadline and attempt count across its retries."""
 
-    def __init__(self, policy: RetryPolicy, timeout: float | None, idempotent: bool) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        timeout: float | None,
+        idempotent: bool,
+        on_failure: Callable[[grpc.StatusCode | None], None] = lambda code: None,
+    ) -> None:
         self.policy = policy
         self.idempotent = idempotent
+        self.on_failure = on_failure
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.attempt = 1
 
@@ -115,6 +122,7 @@ class _Budget:
     def retry_after(self, exc: grpc.RpcError) -> bool:
         """Whether to try again; sleeps the backoff first (cancellable)."""
         code = exc.code() if isinstance(exc, grpc.Call) else None
+        self.on_failure(code)
         if not self.idempotent or code not in RETRYABLE:
             return False
         if self.deadline is None and self.attempt >= self.policy.attempts:
@@ -133,16 +141,44 @@ class Endpoint:
 
     def __init__(
         self,
-        channel: grpc.Channel,
+        channel: grpc.Channel | list[grpc.Channel],
         namespace: Namespace = Namespace.TVIX,
         retry: RetryPolicy | None = None,
+        *,
+        failback_after: float = 30.0,
     ) -> None:
-        self.channel = channel
+        """With several channels, calls go to the first that works: a call that finds its
+        server unavailable moves on to the next (and is retried there if idempotent), and
+        after `failback_after` seconds away the first is tried again."""
+        self.channels = list(channel) if isinstance(channel, list) else [channel]
         self.retry = retry or RetryPolicy()
+        self.failback_after = failback_after
+        self._active = 0
+        self._left_primary_at = 0.0
         self._requested = namespace
         self._resolved: Namespace | None = None if namespace is Namespace.AUTO else namespace
         self._lock = threading.Lock()
-        self._callables: dict[tuple[str, str], Any] = {}
+        self._callables: dict[tuple[int, str, str], Any] = {}
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """The channel calls go to now."""
+        if self._active and time.monotonic() - self._left_primary_at > self.failback_after:
+            log.info("trying the first server again")
+            self._active = 0
+        return self.channels[self._active]
+
+    def _note_failure(self, code: grpc.StatusCode | None) -> None:
+        if len(self.channels) < 2 or code not in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        ):
+            return
+        with self._lock:
+            self._active = (self._active + 1) % len(self.channels)
+            if self._active == 1 or self._left_primary_at == 0.0:
+                self._left_primary_at = time.monotonic()
+        log.warning("server unavailable (%s); switching to server %d", code, self._active + 1)
 
     @property
     def namespace(self) -> Namespace:
@@ -179,11 +215,12 @@ class Endpoint:
         serializer: Callable[[Any], bytes],
         deserializer: Callable[[bytes], Any],
     ) -> Any:
-        key = (service, method)
+        channel = self.channel
+        key = (self._active, service, method)
         found = self._callables.get(key)
         if found is None:
             path = f"/{service_name(self.namespace, service)}/{method}"
-            factory = getattr(self.channel, kind)
+            factory = getattr(channel, kind)
             found = factory(path, request_serializer=serializer, response_deserializer=deserializer)
             self._callables[key] = found
         return found
@@ -198,15 +235,15 @@ class Endpoint:
         *,
         idempotent: bool = False,
     ) -> Resp:
-        call = self._callable(
-            "unary_unary",
-            service,
-            method,
-            type(request).SerializeToString,
-            response_type.FromString,
-        )
-        budget = _Budget(self.retry, timeout, idempotent)
+        budget = _Budget(self.retry, timeout, idempotent, self._note_failure)
         while True:
+            call = self._callable(
+                "unary_unary",
+                service,
+                method,
+                type(request).SerializeToString,
+                response_type.FromString,
+            )
             try:
                 return _await(call.future(request, timeout=budget.remaining()))  # type: ignore[no-any-return]
             except grpc.RpcError as exc:
@@ -228,16 +265,20 @@ class Endpoint:
         An idempotent stream that fails before its first message is retried; once messages
         have arrived, resuming is the caller's business (it knows what it already has).
         """
-        call = self._callable(
-            "unary_stream",
-            service,
-            method,
-            type(request).SerializeToString,
-            response_type.FromString,
-        )
+
+        def start() -> Any:
+            call = self._callable(
+                "unary_stream",
+                service,
+                method,
+                type(request).SerializeToString,
+                response_type.FromString,
+            )
+            return call(request, timeout=budget.remaining())
+
         check_cancelled()
-        budget = _Budget(self.retry, timeout, idempotent)
-        return StreamCall(lambda: call(request, timeout=budget.remaining()), budget)
+        budget = _Budget(self.retry, timeout, idempotent, self._note_failure)
+        return StreamCall(start, budget)
 
     def client_stream(
         self,
@@ -281,13 +322,19 @@ class Endpoint:
 
     def wait_ready(self, timeout: float, address: object = "the server") -> None:
         """Block until the channel is connected; Unavailable after `timeout` seconds."""
-        try:
-            grpc.channel_ready_future(self.channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            raise Unavailable(f"cannot reach {address} within {timeout:g} s") from None
+        share = timeout / len(self.channels)
+        for index, channel in enumerate(self.channels):
+            try:
+                grpc.channel_ready_future(channel).result(timeout=share)
+            except grpc.FutureTimeoutError:
+                continue
+            self._active = index
+            return
+        raise Unavailable(f"cannot reach {address} within {timeout:g} s")
 
     def close(self) -> None:
-        self.channel.close()
+        for channel in self.channels:
+            channel.close()
 
 
 def _await(future: Any) -> Any:
