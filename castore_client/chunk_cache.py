@@ -80,9 +80,14 @@ class ChunkCache:
                 self._insert(digest, value)
         return value
 
-    def insert(self, digest: B3Digest, value: bytes) -> None:
-        """Keep bytes the caller has verified against `digest`."""
-        self._insert(digest, value)
+    def insert(self, digest: B3Digest, value: bytes, *, memory: bool = True) -> None:
+        """Keep bytes the caller has verified against `digest`.
+
+        `memory=False` keeps them on disk only: a long sequential read would otherwise push
+        everything else out of memory (and grow the process) for data read once.
+        """
+        if memory:
+            self._insert(digest, value)
         if self.disk is not None:
             self.disk.put(digest, value)
 

@@ -157,7 +157,7 @@ class ChunkedReader:
                     )
                     data = None
                 if data is not None and self._cache is not None:
-                    self._cache.insert(meta.digest, data)
+                    self._cache.insert(meta.digest, data, memory=False)
             if data is None:
                 data = self._fetch(meta)
         except BlobNotFound as exc:
