@@ -56,7 +56,9 @@ class Address:
 
     def __str__(self) -> str:
         if self.scheme in ("grpc+unix", "file"):
-            return f"{self.scheme}://{self.path}"
+            # Only what parsing would decode or cut off is escaped, so the text parses back.
+            path = (self.path or "").replace("%", "%25").replace("?", "%3F").replace("#", "%23")
+            return f"{self.scheme}://{path}"
         if self.scheme == "memory":
             return "memory://"
         host = self.host or ""

@@ -5,14 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import grpc
+
 from .address import Address, parse_address
 from .directory import SizeFormula
+from .errors import Unavailable
 from .rpc.blob_client import GrpcBlobService
 from .rpc.directory_client import GrpcDirectoryService
 from .rpc.endpoint import Endpoint, Namespace, open_channel
 from .rpc.pathinfo_client import GrpcPathInfoService
 from .services import Services
 from .stores import EmbeddedStore, open_embedded_store
+from .tls import TlsOptions
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +30,14 @@ def open_services(
     timeout: float | None = None,
     formula: SizeFormula = SizeFormula.CURRENT,
     connect_timeout: float | None = None,
+    tls: TlsOptions | None = None,
 ) -> Services:
     """Open the three services; equal addresses share one channel or one embedded store.
 
     With `connect_timeout`, each gRPC server must accept a connection within that many
-    seconds, or Unavailable is raised naming it.
+    seconds, or Unavailable is raised naming it (and, for grpc+https, the TLS error if the
+    handshake is what failed). `tls` applies to the grpc+https addresses only: the CA to
+    trust instead of the system's roots, and a client certificate for servers that ask.
     """
     addresses = [
         a if isinstance(a, Address) else parse_address(a)
@@ -45,12 +52,18 @@ def open_services(
     endpoints: dict[Address, Endpoint] = {}
     for address in addresses:
         if address.is_grpc and address not in endpoints:
-            endpoint = Endpoint(open_channel(address), namespace)
+            endpoint = Endpoint(_channel(address, tls), namespace)
             endpoints[address] = endpoint
             closers.append(endpoint.close)
             if connect_timeout is not None:
                 try:
-                    endpoint.wait_ready(connect_timeout, address)
+                    try:
+                        endpoint.wait_ready(connect_timeout, address)
+                    except Unavailable as exc:
+                        reason = _tls_failure(endpoint.channel) if address.uses_tls else None
+                        if reason is None:
+                            raise
+                        raise Unavailable(f"{exc}: {reason}") from None
                 except BaseException:
                     for close in reversed(closers):
                         close()
@@ -79,3 +92,48 @@ def open_services(
         ),
         closers=closers,
     )
+
+
+def _channel(address: Address, tls: TlsOptions | None) -> grpc.Channel:
+    if tls is None or not address.uses_tls:
+        return open_channel(address)
+    return open_channel(
+        address,
+        root_certificates=tls.root_certificates,
+        private_key=tls.private_key,
+        certificate_chain=tls.certificate_chain,
+    )
+
+
+_PROBE = "/grpc.health.v1.Health/Check"
+
+
+def _tls_failure(channel: grpc.Channel, timeout: float = 5.0) -> str | None:
+    """Why a grpc+https channel that never became ready cannot connect, as gRPC last saw it.
+
+    One call without wait_for_ready fails at once with the channel's last connection error,
+    which names a TLS handshake failure (CERTIFICATE_VERIFY_FAILED, a wrong host name, ...)
+    where waiting for readiness only times out. Any answer at all means the connection works.
+    """
+    probe = channel.unary_unary(
+        _PROBE, request_serializer=_identity, response_deserializer=_identity
+    )
+    try:
+        probe(b"", timeout=timeout)
+    except grpc.RpcError as exc:
+        if not isinstance(exc, grpc.Call) or exc.code() is not grpc.StatusCode.UNAVAILABLE:
+            return None
+        details = exc.details() or ""
+        marker = "last error: "
+        reason = details.split(marker, 1)[1] if marker in details else details
+        reason = reason.removesuffix(": OK").strip()
+        if reason.endswith("Socket closed"):
+            # What a server that requires a client certificate does to a client without an
+            # acceptable one, after the handshake looked fine to the client.
+            reason += " (does the server require a client certificate? see --tls-cert)"
+        return reason or None
+    return None
+
+
+def _identity(data: bytes) -> bytes:
+    return data

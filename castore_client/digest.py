@@ -88,9 +88,7 @@ class BackgroundHasher:
         """Queue `piece`; mutable buffers are copied, since the caller may reuse them."""
         if not piece:
             return
-        if not isinstance(piece, bytes) and not (
-            isinstance(piece, memoryview) and piece.readonly
-        ):
+        if not isinstance(piece, bytes) and not (isinstance(piece, memoryview) and piece.readonly):
             piece = bytes(piece)
         self._worker.submit(piece)
 

@@ -12,6 +12,9 @@ import os
 # The mount forks fusermount3 (auto_unmount) while gRPC channels exist; the child only execs,
 # so gRPC's fork handlers have nothing to protect and just log warnings.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+# gRPC core logs each failed TLS handshake at INFO on stderr; the command's own error line
+# already names the failure, so only gRPC's errors are shown unless GRPC_VERBOSITY says else.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import argparse  # noqa: E402
 import logging  # noqa: E402

@@ -26,7 +26,7 @@ from castore_client.chunk_cache import ChunkCache
 from castore_client.chunked_reader import SMALL_BLOB, open_reader
 from castore_client.digest import B3Digest
 from castore_client.directory import Directory, Node
-from castore_client.errors import CastoreError
+from castore_client.errors import CastoreError, Unavailable
 from castore_client.services import BlobReader, BlobService, DirectoryService
 
 from .bridge import StreamPump, run_blocking
@@ -45,6 +45,9 @@ from .root_nodes import RootNodes
 log = logging.getLogger(__name__)
 
 ROOT_LISTING_BOUND = 16
+UNAVAILABLE_MEMO = 1.0
+"""Seconds for which a read that found the server unavailable answers a retry of the same
+range at once, with the same error."""
 
 
 class FsError(Exception):
@@ -91,6 +94,8 @@ class _OpenFile:
     data: FileInode
     reader: BlobReader | None = None
     lock: trio.Lock = field(default_factory=trio.Lock)
+    # (when, offset, end, error) of the last read that found the server unavailable.
+    unavailable: tuple[float, int, int, Unavailable] | None = None
 
 
 class CastoreFilesystem:
@@ -203,6 +208,8 @@ class CastoreFilesystem:
         if root and self.prefetch_limit > 0:
             try:
                 closure = await run_blocking(self._closure, digest)
+            except Unavailable:
+                raise  # the server did not answer at all (see _closure)
             except CastoreError as exc:
                 log.debug("prefetching the closure of %s failed: %s", digest, exc)
             else:
@@ -219,6 +226,10 @@ class CastoreFilesystem:
                 found[directory.digest] = directory
                 if len(found) > self.prefetch_limit:
                     return None
+        except Unavailable:
+            if not found:
+                raise  # no answer at all: a single Get would wait for the same silence
+            return None  # an answer, only not all of it in time: fetch singly
         finally:
             close = getattr(stream, "close", None)
             if close is not None:
@@ -305,6 +316,21 @@ class CastoreFilesystem:
             raise FsError(errno.EBADF)
         if offset >= handle.data.size:
             return b""
+        # After a failed buffered read the kernel asks again at once, for the same offset: a
+        # server that has just timed out would make that second request wait out a second
+        # deadline for the same answer.
+        if handle.unavailable is not None:
+            failed_at, start, end, error = handle.unavailable
+            if trio.current_time() - failed_at < UNAVAILABLE_MEMO and start <= offset < end:
+                raise error
+            handle.unavailable = None
+        try:
+            return await self._read(handle, offset, size)
+        except Unavailable as exc:
+            handle.unavailable = (trio.current_time(), offset, offset + size, exc)
+            raise
+
+    async def _read(self, handle: _OpenFile, offset: int, size: int) -> bytes:
         reader = handle.reader
         if reader is None and handle.data.size <= SMALL_BLOB:
             # Small blobs are read whole, so a cached one is answered without a thread hop.

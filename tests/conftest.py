@@ -54,3 +54,12 @@ def client(request: pytest.FixtureRequest, server: CastoreServer) -> Iterator[Se
     """Clients of `server` in each protocol namespace."""
     with open_services(server.address, namespace=request.param, timeout=30) as services:
         yield services
+
+
+# CI must be repeatable: the same examples every run, so a red CI is never a dice roll.
+# Longer, randomised runs are bench/fuzz's job.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if "CI" in os.environ:
+    _hypothesis_settings.load_profile("ci")

@@ -8,7 +8,13 @@ from ..closure import DownloadValidator, UploadValidator
 from ..codec import directory_from_pb, directory_to_pb
 from ..digest import B3Digest
 from ..directory import Directory, SizeFormula
-from ..errors import DigestMismatch, DirectoryNotFound, ProtocolError, Rejected
+from ..errors import (
+    DigestMismatch,
+    DirectoryNotFound,
+    DirectoryValidationError,
+    ProtocolError,
+    Rejected,
+)
 from ..pb import castore_pb2 as cpb
 from ..pb import rpc_directory_pb2 as dpb
 from .endpoint import Endpoint
@@ -51,12 +57,16 @@ class GrpcDirectoryService:
             raise DirectoryNotFound(f"directory {digest}: the server sent nothing")
         if len(messages) > 1:
             raise ProtocolError(f"directory {digest}: {len(messages)} answers to a single Get")
-        directory = directory_from_pb(messages[0])
-        if directory.digest != digest:
-            raise DigestMismatch(
-                f"directory {digest}: received one that hashes to {directory.digest}"
-            )
-        directory.validate(self.formula)
+        try:
+            directory = directory_from_pb(messages[0])
+            if directory.digest != digest:
+                raise DigestMismatch(
+                    f"directory {digest}: received one that hashes to {directory.digest}"
+                )
+            directory.validate(self.formula)
+        except DirectoryValidationError as exc:
+            # Name the directory: the rule it breaks does not say which directory broke it.
+            raise type(exc)(f"directory {digest}: {exc}") from exc
         return directory
 
     def get_recursive(

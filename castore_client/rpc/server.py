@@ -31,6 +31,7 @@ from ..pb import rpc_blobstore_pb2 as bpb
 from ..pb import rpc_directory_pb2 as dpb
 from ..pb import rpc_pathinfo_pb2 as rppb
 from ..services import BlobService, DirectoryService, PathInfoService, Services
+from ..tls import InvalidTlsConfig, ServerTlsOptions
 from .blob_chunk import BlobChunkCodec
 from .endpoint import MAX_MESSAGE, Namespace, service_name
 from .status import status_for
@@ -204,7 +205,10 @@ def _handlers(store: Services) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
                 bpb.StatBlobResponse,
             ),
             "Read": h(
-                grpc.unary_stream_rpc_method_handler, blobs.Read, bpb.ReadBlobRequest, BlobChunkCodec
+                grpc.unary_stream_rpc_method_handler,
+                blobs.Read,
+                bpb.ReadBlobRequest,
+                BlobChunkCodec,
             ),
             "Put": h(
                 grpc.stream_unary_rpc_method_handler, blobs.Put, BlobChunkCodec, bpb.PutBlobResponse
@@ -248,12 +252,43 @@ def _handlers(store: Services) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
     }
 
 
-def listen_target(address: Address) -> str:
-    if not address.is_grpc or address.uses_tls:
+def listen_target(address: Address, tls: ServerTlsOptions | None = None) -> str:
+    """The bind target for `address`; grpc+https needs `tls`, and only grpc+https takes it."""
+    if not address.is_grpc or (address.uses_tls and tls is None):
         raise ValueError(
-            f"cannot listen on {address}: use grpc+http://HOST:PORT or grpc+unix:///PATH"
+            f"cannot listen on {address}: use grpc+http://HOST:PORT or grpc+unix:///PATH, "
+            "or grpc+https://HOST:PORT with a certificate and key"
         )
+    if tls is not None and not address.uses_tls:
+        raise ValueError(f"cannot listen on {address} with TLS: use grpc+https://HOST:PORT")
     return address.grpc_target()
+
+
+def check_server_tls(tls: ServerTlsOptions) -> None:
+    """Raise InvalidTlsConfig if gRPC refuses this certificate and key on any address.
+
+    gRPC reports a key that does not belong to its certificate (or one it cannot use) as a
+    failure to bind; trying again on a port of our own tells that apart from a busy address.
+    """
+    probe = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    try:
+        probe.add_secure_port("127.0.0.1:0", server_credentials(tls))
+    except RuntimeError:
+        raise InvalidTlsConfig(
+            "gRPC refused the TLS certificate and private key (--tls-cert, --tls-key): "
+            "does the key belong to the certificate?"
+        ) from None
+    finally:
+        probe.stop(None)
+
+
+def server_credentials(tls: ServerTlsOptions) -> grpc.ServerCredentials:
+    """The server's identity; with a client CA, clients must present a certificate it signed."""
+    return grpc.ssl_server_credentials(
+        [(tls.private_key, tls.certificate_chain)],
+        root_certificates=tls.client_ca,
+        require_client_auth=tls.client_ca is not None,
+    )
 
 
 class CastoreServer:
@@ -266,7 +301,10 @@ class CastoreServer:
         *,
         max_workers: int = 32,
         namespaces: tuple[Namespace, ...] = (Namespace.TVIX, Namespace.SNIX),
+        tls: ServerTlsOptions | None = None,
     ) -> None:
+        """Serve `store` on `listen`; a grpc+https address needs `tls` (cert, key, client CA)."""
+        target = listen_target(listen, tls)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="castore-rpc"),
             options=[
@@ -288,10 +326,18 @@ class CastoreServer:
         for name in ["", *names]:
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.address = listen
-        self.port = self._server.add_insecure_port(listen_target(listen))
+        if tls is not None:
+            try:
+                self.port = self._server.add_secure_port(target, server_credentials(tls))
+            except RuntimeError:
+                self._server.stop(None)
+                check_server_tls(tls)
+                raise
+        else:
+            self.port = self._server.add_insecure_port(target)
         if listen.scheme != "grpc+unix" and self.port == 0:
             raise OSError(f"cannot listen on {listen}: address in use or not available")
-        if listen.scheme == "grpc+http" and listen.port == 0:
+        if listen.scheme in ("grpc+http", "grpc+https") and listen.port == 0:
             self.address = Address(listen.scheme, listen.host, self.port)
         self._server.start()
         log.info("serving on %s", self.address)
