@@ -9,7 +9,7 @@ import grpc
 
 from .address import Address, parse_address
 from .directory import SizeFormula
-from .errors import Unavailable
+from .errors import InvalidAddress, Unavailable
 from .rpc.blob_client import GrpcBlobService
 from .rpc.directory_client import GrpcDirectoryService
 from .rpc.endpoint import Endpoint, Namespace, open_channel
@@ -39,8 +39,8 @@ def open_services(
     handshake is what failed). `tls` applies to the grpc+https addresses only: the CA to
     trust instead of the system's roots, and a client certificate for servers that ask.
     """
-    addresses = [
-        a if isinstance(a, Address) else parse_address(a)
+    groups = [
+        _group(a)
         for a in (
             blob_address,
             directory_address or blob_address,
@@ -49,18 +49,20 @@ def open_services(
     ]
     closers: list[Callable[[], None]] = []
     embedded: dict[Address, EmbeddedStore] = {}
-    endpoints: dict[Address, Endpoint] = {}
-    for address in addresses:
-        if address.is_grpc and address not in endpoints:
-            endpoint = Endpoint(_channel(address, tls), namespace)
-            endpoints[address] = endpoint
+    endpoints: dict[tuple[Address, ...], Endpoint] = {}
+    for group in groups:
+        first = group[0]
+        if first.is_grpc and group not in endpoints:
+            endpoint = Endpoint([_channel(a, tls) for a in group], namespace)
+            endpoints[group] = endpoint
             closers.append(endpoint.close)
             if connect_timeout is not None:
+                shown = ",".join(str(a) for a in group)
                 try:
                     try:
-                        endpoint.wait_ready(connect_timeout, address)
+                        endpoint.wait_ready(connect_timeout, shown)
                     except Unavailable as exc:
-                        reason = _tls_failure(endpoint.channel) if address.uses_tls else None
+                        reason = _tls_failure(endpoint.channel) if first.uses_tls else None
                         if reason is None:
                             raise
                         raise Unavailable(f"{exc}: {reason}") from None
@@ -68,30 +70,42 @@ def open_services(
                     for close in reversed(closers):
                         close()
                     raise
-        elif not address.is_grpc and address not in embedded:
-            store = open_embedded_store(address, formula)
-            embedded[address] = store
+        elif not first.is_grpc and first not in embedded:
+            store = open_embedded_store(first, formula)
+            embedded[first] = store
             closers.append(store.close)
 
-    blob_addr, dir_addr, info_addr = addresses
+    blobs, dirs, infos = groups
     return Services(
         blobs=(
-            GrpcBlobService(endpoints[blob_addr], timeout=timeout)
-            if blob_addr.is_grpc
-            else embedded[blob_addr].blobs
+            GrpcBlobService(endpoints[blobs], timeout=timeout)
+            if blobs[0].is_grpc
+            else embedded[blobs[0]].blobs
         ),
         directories=(
-            GrpcDirectoryService(endpoints[dir_addr], timeout=timeout, formula=formula)
-            if dir_addr.is_grpc
-            else embedded[dir_addr].directories
+            GrpcDirectoryService(endpoints[dirs], timeout=timeout, formula=formula)
+            if dirs[0].is_grpc
+            else embedded[dirs[0]].directories
         ),
         path_infos=(
-            GrpcPathInfoService(endpoints[info_addr], timeout=timeout)
-            if info_addr.is_grpc
-            else embedded[info_addr].path_infos
+            GrpcPathInfoService(endpoints[infos], timeout=timeout)
+            if infos[0].is_grpc
+            else embedded[infos[0]].path_infos
         ),
         closers=closers,
     )
+
+
+def _group(address: str | Address) -> tuple[Address, ...]:
+    """One address, or several gRPC servers of the same service separated by commas."""
+    if isinstance(address, Address):
+        return (address,)
+    group = tuple(parse_address(part) for part in address.split(",") if part.strip())
+    if not group:
+        raise InvalidAddress(f"{address!r}: no address")
+    if len(group) > 1 and not all(a.is_grpc for a in group):
+        raise InvalidAddress(f"{address!r}: only gRPC servers can be listed together")
+    return group
 
 
 def _channel(address: Address, tls: TlsOptions | None) -> grpc.Channel:

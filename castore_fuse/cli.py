@@ -145,7 +145,7 @@ def _client_tls(args: argparse.Namespace, addresses: Sequence[str]) -> TlsOption
     ]
     if not given:
         return None
-    if not any(parse_address(a).uses_tls for a in addresses):
+    if not any(parse_address(p).uses_tls for a in addresses for p in a.split(",")):
         raise UsageError(
             f"{given[0]} applies to grpc+https addresses only, and none is given "
             f"({', '.join(dict.fromkeys(addresses))})"
@@ -168,7 +168,8 @@ def _service_addresses(args: argparse.Namespace) -> tuple[str, str, str]:
         pick.append(flag or os.environ.get(env) or store)
     for text in pick:
         try:
-            parse_address(text)
+            for part in text.split(","):
+                parse_address(part)
         except CastoreError as exc:
             raise UsageError(str(exc)) from None
     return pick[0], pick[1], pick[2]
@@ -348,7 +349,10 @@ def _add_address_options(parser: argparse.ArgumentParser) -> None:
         "--store",
         dest="store_addr",
         metavar="ADDR",
-        help=f"address of all three services (default {DEFAULT_ADDRESS})",
+        help=(
+            f"address of all three services (default {DEFAULT_ADDRESS}); several gRPC "
+            "servers separated by commas are used in order, with failover"
+        ),
     )
     addresses.add_argument("--blob-service-addr", metavar="ADDR", help="BlobService address")
     addresses.add_argument(

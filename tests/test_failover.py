@@ -62,3 +62,14 @@ def test_a_restarted_server_is_not_noticed_within_the_deadline(tmp_path: pathlib
             for s in restarted:
                 s.stop(0)
             endpoint.close()
+
+
+def test_open_services_takes_a_comma_separated_list(tmp_path: pathlib.Path) -> None:
+    from castore_client.connect import open_services
+
+    live = parse_address(f"grpc+unix://{tmp_path}/live.sock")
+    with open_memory_store() as store, CastoreServer(store, live):
+        digest = store.blobs.put([fx.BLOB_A])
+        listed = f"grpc+unix://{tmp_path}/dead.sock,{live}"
+        with open_services(listed, timeout=10) as services:
+            assert services.blobs.stat(digest) == []
