@@ -367,6 +367,21 @@ def _add_address_options(parser: argparse.ArgumentParser) -> None:
         choices=["tvix", "snix", "auto"],
         help="gRPC package names to speak (default tvix; auto asks the server)",
     )
+    addresses.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="deadline of each remote call, retries included; a dead server gives EIO after "
+        "it (default none)",
+    )
+    addresses.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for the server at startup (default 10)",
+    )
     tls = parser.add_argument_group(
         "TLS", "For grpc+https addresses; without --tls-ca the system's CA certificates apply."
     )
@@ -461,20 +476,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--root-digest", metavar="DIGEST", help="use this Directory (blake3-...) as the root"
     )
     mount.add_argument(
-        "--timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="deadline of each remote call; a dead server gives EIO after it (default none)",
-    )
-    mount.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="how long to wait for the server at startup (default 10)",
-    )
-    mount.add_argument(
         "--cache-dir",
         metavar="DIR",
         help="keep verified chunks on disk here, shared by every mount on the host",
@@ -507,20 +508,6 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_address_options(imp)
-    imp.add_argument(
-        "--timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="deadline of each remote call (default none)",
-    )
-    imp.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="how long to wait for the server at startup (default 10)",
-    )
     imp.add_argument(
         "--no-progress", action="store_true", help="no progress bar, even on a terminal"
     )

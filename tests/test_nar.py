@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -21,6 +20,8 @@ from castore_client.nar import (
     render_local_nar,
     render_nar,
 )
+
+from .conftest import require_tool
 
 MIB = 1 << 20
 
@@ -65,16 +66,6 @@ HAND_DIR_WITH_SYMLINK = (
     b"\x01\0\0\0\0\0\0\0)\0\0\0\0\0\0\0"
 )
 CLOSE_TOKEN = b"\x01\0\0\0\0\0\0\0)\0\0\0\0\0\0\0"
-
-
-def require_tool(tool: str) -> str:
-    """Missing nix-bin skips locally but fails in CI, where the oracle must run."""
-    path = shutil.which(tool)
-    if path is None:
-        if "CI" in os.environ:
-            pytest.fail(f"{tool} is required when CI is set (install Debian's nix-bin)")
-        pytest.skip(f"{tool} not found; install Debian's nix-bin to run the Nix oracle")
-    return path
 
 
 def nix_dump(path: Path | bytes) -> bytes:

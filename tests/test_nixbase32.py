@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import os
 import random
-import shutil
 import subprocess
 
 import pytest
@@ -12,19 +10,11 @@ from hypothesis import strategies as st
 from castore_client import nixbase32
 from castore_client.nixbase32 import Nixbase32Error, decode, encode, encoded_len
 
+from .conftest import require_tool
+
 ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
 # nix-hash accepts only whole digests, so these are the byte lengths it can check for us.
 NIX_HASH_TYPES = {16: "md5", 20: "sha1", 32: "sha256", 64: "sha512"}
-
-
-def require_tool(tool: str) -> str:
-    """Missing nix-bin skips locally but fails in CI, where the oracle must run."""
-    path = shutil.which(tool)
-    if path is None:
-        if "CI" in os.environ:
-            pytest.fail(f"{tool} is required when CI is set (install Debian's nix-bin)")
-        pytest.skip(f"{tool} not found; install Debian's nix-bin to run the Nix oracle")
-    return path
 
 
 def nix_to_base32(data: bytes) -> str:

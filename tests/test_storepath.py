@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,21 +11,13 @@ from hypothesis import strategies as st
 from castore_client.errors import InvalidStorePath
 from castore_client.storepath import STORE_DIR, StorePath
 
+from .conftest import require_tool
+
 # `nix-hash --type sha1 --to-base32 8a12...` prints the hash part of this path.
 NET_TOOLS = "00bgd045z0d4icpbc2yyz4gx48ak44la-net-tools-1.60_p20170221182432"
 NET_TOOLS_DIGEST = bytes.fromhex("8a12321522fd91efbd60ebb2481af88580f61600")
 HASH = NET_TOOLS[:32]
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-_?=."
-
-
-def require_tool(tool: str) -> str:
-    """Missing nix-bin skips locally but fails in CI, where the oracle must run."""
-    path = shutil.which(tool)
-    if path is None:
-        if "CI" in os.environ:
-            pytest.fail(f"{tool} is required when CI is set (install Debian's nix-bin)")
-        pytest.skip(f"{tool} not found; install Debian's nix-bin to run the Nix oracle")
-    return path
 
 
 def test_parse() -> None:
