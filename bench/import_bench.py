@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from harness import MIB, ROOT, Table, castore, castore_server, drop_caches, xof_pieces
 
-SUMMARY = re.compile(rb"(\d+) blobs uploaded \((\d+) bytes\), (\d+) already present")
+SUMMARY = re.compile(rb"(\d+) blobs uploaded \((\d+) bytes\), (\d+) already in the store")
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 TERMINAL_SIZE = (24, 120)  # rows, columns
 

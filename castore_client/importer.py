@@ -1,10 +1,11 @@
 """Importing local files, directories and symlinks into a store, named as Nix names them.
 
 One walk over the tree does everything that needs the bytes: it feeds the NAR hash (which
-names the store path), hashes each file's blob, and hands the blob to uploader threads. Small
-files travel to the uploader in memory; a large file is read a second time only if the store
-does not have its blob yet, so the NAR is computed in a single pass and unchanged content is
-never sent twice. The PathInfo is registered last: a failed import leaves only unreferenced
+names the store path), hashes each file's blob, and queues the blob for uploader threads.
+Small files wait in memory; a large file is read a second time only if the store does not
+have its blob yet, so the NAR is computed in a single pass and unchanged content is never
+sent twice. Uploads start once the walk is done (or once 256 MiB are queued): if the store
+already has the resulting store path, nothing at all is sent or even asked about. The PathInfo is registered last: a failed import leaves only unreferenced
 blobs and directories behind, never a half-registered store path.
 """
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 from .digest import B3Digest, hasher
 from .directory import Directory, DirectoryNode, FileNode, Node, SymlinkNode, validate_name
-from .errors import BlobNotFound, CastoreError, InvalidInput
+from .errors import BlobNotFound, CastoreError, InvalidInput, PathInfoNotFound
 from .nar import NarHasher
 from .pathinfo import ContentAddress, HashType, NarInfo, PathInfo
 from .services import Services
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 READ_PIECE = 1 << 20
 IN_MEMORY_LIMIT = 8 << 20
 MAX_BYTES_IN_FLIGHT = 64 << 20
+MAX_DEFERRED_BYTES = 256 << 20
 
 
 class ImportFailed(InvalidInput):
@@ -77,11 +79,36 @@ class _Uploader:
         self.budget = threading.BoundedSemaphore(MAX_BYTES_IN_FLIGHT // READ_PIECE)
         self.counters = _Counters()
         self.seen: set[B3Digest] = set()
+        self.started = False
+        self.deferred: list[tuple[B3Digest, int, bytes | None, bytes]] = []
+        self.deferred_bytes = 0
 
     def submit(self, digest: B3Digest, size: int, data: bytes | None, path: bytes) -> None:
+        """Queue a blob; nothing is sent until `start()` or until too much is queued."""
         if digest in self.seen:
             return
         self.seen.add(digest)
+        if not self.started:
+            self.deferred.append((digest, size, data, path))
+            self.deferred_bytes += len(data) if data is not None else 0
+            if self.deferred_bytes > MAX_DEFERRED_BYTES:
+                self.start()
+            return
+        self._send(digest, size, data, path)
+
+    def start(self) -> None:
+        self.started = True
+        deferred, self.deferred = self.deferred, []
+        for item in deferred:
+            self._send(*item)
+
+    def discard(self) -> int:
+        """Drop what was queued: the store already has all of it. Returns how many."""
+        count = len(self.deferred)
+        self.deferred = []
+        return count
+
+    def _send(self, digest: B3Digest, size: int, data: bytes | None, path: bytes) -> None:
         tokens = max(
             1, min(len(data) if data is not None else 0, MAX_BYTES_IN_FLIGHT) // READ_PIECE
         )
@@ -159,22 +186,34 @@ def import_path(
     walker = _Walker(services, progress or Progress(), workers)
     try:
         node = walker.node(source, b"")
-        walker.uploader.finish()
     except BaseException:
         walker.uploader.pool.shutdown(wait=True, cancel_futures=True)
         raise
     nar_size, nar_sha256 = walker.nar.finish()
-    if walker.directories:
-        services.directories.put(walker.directories)
     store_path = StorePath.for_source(store_name, nar_sha256)
     root = _renamed(node, str(store_path).encode())
-    narinfo = NarInfo(
-        nar_size=nar_size,
-        nar_sha256=nar_sha256,
-        ca=ContentAddress(HashType.NAR_SHA256, nar_sha256),
-    )
-    services.path_infos.put(PathInfo(node=root, narinfo=narinfo))
     counters = walker.uploader.counters
+    if not walker.uploader.started and _already_registered(services, store_path, root):
+        # A registered store path is complete by construction (its PathInfo is written
+        # last), so content that hashes to it needs nothing sent.
+        counters.skipped += walker.uploader.discard()
+        walker.uploader.pool.shutdown(wait=True)
+        log.debug("%s is already in the store", store_path.absolute)
+    else:
+        try:
+            walker.uploader.start()
+            walker.uploader.finish()
+        except BaseException:
+            walker.uploader.pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        if walker.directories:
+            services.directories.put(walker.directories)
+        narinfo = NarInfo(
+            nar_size=nar_size,
+            nar_sha256=nar_sha256,
+            ca=ContentAddress(HashType.NAR_SHA256, nar_sha256),
+        )
+        services.path_infos.put(PathInfo(node=root, narinfo=narinfo))
     log.debug(
         "%s: %d blobs uploaded (%d bytes), %d already present",
         store_path.absolute,
@@ -272,6 +311,14 @@ class _Walker:
         self.uploader.submit(digest, size, bytes(kept) if kept is not None else None, path)
         self.progress.on_file()
         return FileNode(name, digest, size, executable)
+
+
+def _already_registered(services: Services, store_path: StorePath, root: Node) -> bool:
+    try:
+        existing = services.path_infos.get(store_path)
+    except PathInfoNotFound:
+        return False
+    return existing.node == root
 
 
 def _renamed(node: Node, name: bytes) -> Node:
