@@ -888,7 +888,7 @@ def test_b29_signal_during_reads_unmounts_cleanly(
         assert wait_until(lambda: reader.reads >= 2 or not reader.is_alive(), 60)
         assert reader.error is None, reader.error
         mount.signal(sig)
-        assert mount.wait_exit() == 0, mount.log()
+        assert mount.wait_exit(timeout=5) == 0, mount.log()  # unmounted within 5 s
         reader.join(30)
         assert not reader.is_alive(), "a read hangs after the filesystem exited"
         assert reader.wrong == 0
