@@ -488,9 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mount.add_argument(
         "--memory-cache-size",
-        default="256M",
+        default="128M",
         metavar="SIZE",
-        help="verified chunks kept in memory (default 256M)",
+        help="verified chunks kept in memory (default 128M)",
     )
     mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
     mount.set_defaults(func=cmd_mount)
