@@ -168,3 +168,22 @@ class EmbeddedStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class DirectoryLookupService:
+    """get and get_recursive for stores that can look one directory up by digest."""
+
+    def _lookup(self, digest: B3Digest) -> Directory | None:
+        raise NotImplementedError
+
+    def get(self, digest: B3Digest, *, timeout: float | None = None) -> Directory:
+        directory = self._lookup(digest)
+        if directory is None:
+            raise DirectoryNotFound(f"directory {digest} not found")
+        return directory
+
+    def get_recursive(
+        self, digest: B3Digest, *, timeout: float | None = None
+    ) -> Iterator[Directory]:
+        """Raises DirectoryNotFound for an unknown root on the first `next()`."""
+        return walk_closure(digest, self._lookup)

@@ -13,18 +13,18 @@ from collections.abc import Iterable, Iterator
 from ..chunked_reader import ChunkedReader, WholeBlobReader, open_blob_reader
 from ..digest import B3Digest
 from ..directory import Directory, Node, SizeFormula
-from ..errors import BlobNotFound, DirectoryNotFound, PathInfoNotFound
+from ..errors import BlobNotFound, PathInfoNotFound
 from ..pathinfo import PathInfo
 from ..services import ChunkMeta
 from ..storepath import StorePath
 from .common import (
+    DirectoryLookupService,
     EmbeddedStore,
     check_store_hash,
     ingest_blob,
     nar_of,
     split_piece,
     validate_upload,
-    walk_closure,
 )
 
 log = logging.getLogger(__name__)
@@ -77,23 +77,11 @@ class MemoryBlobService:
             self._pieces.setdefault(digest, data)
 
 
-class MemoryDirectoryService:
+class MemoryDirectoryService(DirectoryLookupService):
     def __init__(self, formula: SizeFormula = SizeFormula.CURRENT) -> None:
         self.formula = formula
         self._lock = threading.Lock()
         self._directories: dict[B3Digest, Directory] = {}
-
-    def get(self, digest: B3Digest, *, timeout: float | None = None) -> Directory:
-        directory = self._lookup(digest)
-        if directory is None:
-            raise DirectoryNotFound(f"directory {digest} not found")
-        return directory
-
-    def get_recursive(
-        self, digest: B3Digest, *, timeout: float | None = None
-    ) -> Iterator[Directory]:
-        """Raises DirectoryNotFound for an unknown root on the first `next()`."""
-        return walk_closure(digest, self._lookup)
 
     def put(self, directories: Iterable[Directory], *, timeout: float | None = None) -> B3Digest:
         root, accepted = validate_upload(directories, self.formula)
