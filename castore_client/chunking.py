@@ -1,19 +1,20 @@
-"""Streaming FastCDC: the same cut points as chunking a whole blob at once, in bounded memory.
+"""Streaming FastCDC: the cut points real castore servers use, over a stream of any pieces.
 
 Real castore servers split blobs with FastCDC (min/avg/max 128/256/512 KiB), and ours must cut
 at exactly the same places so that chunk digests, and hence deduplication, agree with theirs.
-The `fastcdc` package only chunks a buffer it is given whole, but each of its cut points depends
-only on the window of `max(64 KiB, max_size)` bytes starting at the previous cut. So a chunk
-whose window lies entirely inside the bytes received so far is final; everything from the first
-chunk whose window is still incomplete waits for more data (or for the end of the stream).
+The scan itself is in C (`_fastcdc.c`): it is the hot loop of every upload, and it runs without
+the GIL, so receiving and hashing go on meanwhile. It carries its rolling hash from one piece
+to the next, so a chunk may span pieces without their being joined first.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
-from fastcdc import fastcdc  # type: ignore[import-untyped]
+from . import _fastcdc  # type: ignore[attr-defined]
 
 log = logging.getLogger(__name__)
 
@@ -22,22 +23,53 @@ CHUNK_AVG = 256 * 1024
 CHUNK_MAX = 512 * 1024
 
 DEFAULT_BATCH = 4 << 20
-"""Bytes buffered before a scan: large enough that re-scanning the unfinished tail is cheap."""
+"""The largest slice of one piece fed at once, so that a huge piece yields chunks as it goes."""
 
 BytesLike = bytes | bytearray | memoryview
 
 
-def window_size(max_size: int) -> int:
-    """How far past a cut point fastcdc looks to find the next one (its `read_size`)."""
-    return max(64 * 1024, max_size)
+@dataclass(frozen=True, slots=True)
+class CutRule:
+    """FastCDC's parameters as the scan uses them, derived as the fastcdc package derives them.
+
+    Hashing starts at `min_size`; up to `center_size` a cut needs `mask_s`'s bits clear (harder),
+    then `mask_l`'s (easier), which pulls chunk sizes towards the average. With castore's sizes
+    the centre lies below the minimum, so only the easier mask is ever used.
+    """
+
+    min_size: int
+    center_size: int
+    max_size: int
+    mask_s: int
+    mask_l: int
+
+    @classmethod
+    def for_sizes(cls, min_size: int, avg_size: int, max_size: int) -> CutRule:
+        if not (64 <= min_size <= avg_size <= max_size <= 1 << 30 and avg_size >= 256):
+            raise ValueError(
+                f"chunk sizes must satisfy 64 <= min <= avg <= max <= 1 GiB and avg >= 256, "
+                f"not {min_size}/{avg_size}/{max_size}"
+            )
+        offset = min(min_size + (min_size + 1) // 2, avg_size)
+        center = min(avg_size - offset, max_size)
+        bits = round(math.log2(avg_size))
+        return cls(min_size, center, max_size, (1 << (bits + 1)) - 1, (1 << (bits - 1)) - 1)
+
+
+def _immutable(data: BytesLike) -> memoryview:
+    """A flat view of `data` that no caller can change later: copied unless backed by bytes."""
+    view = memoryview(data)
+    if view.readonly and isinstance(view.obj, bytes) and view.c_contiguous:
+        return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    return memoryview(bytes(view))
 
 
 class Chunker:
     """Cuts a byte stream fed in pieces of any size into FastCDC chunks.
 
-    Each cut is found by asking fastcdc for the first chunk of exactly one window, so every
-    byte is scanned once; the buffer holds at most one window plus the piece being fed. The
-    input is copied on arrival, so callers may reuse their buffers.
+    Pieces are kept as views until the chunk they belong to is cut, so every byte is copied
+    once, into its chunk. Pieces not backed by `bytes` are copied on arrival, so callers may
+    reuse their buffers. At most one unfinished chunk (< max_size bytes) is held.
     """
 
     def __init__(
@@ -46,54 +78,44 @@ class Chunker:
         avg_size: int = CHUNK_AVG,
         max_size: int = CHUNK_MAX,
     ) -> None:
-        self.min_size = min_size
-        self.avg_size = avg_size
-        self.max_size = max_size
-        self._window = window_size(max_size)
-        self._buf = bytearray()
+        rule = CutRule.for_sizes(min_size, avg_size, max_size)
+        self._rule = (rule.min_size, rule.center_size, rule.max_size, rule.mask_s, rule.mask_l)
+        self._pending: list[memoryview] = []
+        self._position = 0
+        self._pattern = 0
         self._finished = False
 
     def feed(self, data: BytesLike) -> list[bytes]:
         """Add bytes; returns the chunks they completed, in order."""
         if self._finished:
             raise ValueError("feed() after finish()")
-        self._buf += data
+        piece = _immutable(data)
         out: list[bytes] = []
         start = 0
-        buf = self._buf
-        with memoryview(buf) as view:
-            while len(buf) - start >= self._window:
-                cut = self._first_cut(view[start : start + self._window])
-                out.append(bytes(view[start : start + cut]))
-                start += cut
-        # Deleting a prefix only moves the bytearray's start, so this does not copy the tail.
-        del buf[:start]
+        while start < len(piece):
+            end, self._pattern, cut = _fastcdc.scan(
+                piece, start, self._position, self._pattern, *self._rule
+            )
+            self._pending.append(piece[start:end])
+            start = end
+            if cut:
+                out.append(self._take())
+            else:
+                self._position += len(self._pending[-1])
         return out
 
     def finish(self) -> list[bytes]:
-        """The remaining chunks, cut as if the stream ended here."""
+        """The remaining chunk, cut as if the stream ended here."""
         if self._finished:
             return []
         self._finished = True
-        buf = self._buf
-        out: list[bytes] = []
-        with memoryview(buf) as view:
-            start = 0
-            while start < len(buf):
-                cut = self._first_cut(view[start : start + self._window])
-                out.append(bytes(view[start : start + cut]))
-                start += cut
-        buf.clear()
-        return out
+        return [self._take()] if self._pending else []
 
-    def _first_cut(self, window: memoryview) -> int:
-        chunks = fastcdc(window, self.min_size, self.avg_size, self.max_size)
-        try:
-            return int(next(chunks).length)
-        finally:
-            # The generator holds views of the buffer, which must be gone before it resizes.
-            chunks.close()
-            del chunks
+    def _take(self) -> bytes:
+        parts, self._pending = self._pending, []
+        self._position = 0
+        self._pattern = 0
+        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
 
 
 def chunk_stream(

@@ -178,3 +178,24 @@ def test_memory_stays_bounded() -> None:
         tracemalloc.stop()
     assert produced == total
     assert peak < 16 * MIB, f"peak {peak / MIB:.1f} MiB"
+
+
+@pytest.mark.parametrize(
+    "sizes", [(32, 256, 1024), (4096, 1024, 8192), (1024, 4096, 2048), (64, 128, 1024)]
+)
+def test_impossible_sizes_are_refused(sizes: tuple[int, int, int]) -> None:
+    with pytest.raises(ValueError, match="chunk sizes"):
+        Chunker(*sizes)
+
+
+def test_pieces_of_every_buffer_kind_cut_alike() -> None:
+    """Views of bytes are kept without copying, other buffers are copied; the cuts agree."""
+    data = make_data("random", 12, 3 * MIB + 5)
+    expected = reference_cuts(data, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX)
+    step = 700 * KIB
+    as_views = [memoryview(data)[i : i + step] for i in range(0, len(data), step)]
+    as_arrays = [bytearray(data[i : i + step]) for i in range(0, len(data), step)]
+    for pieces in (as_views, as_arrays):
+        chunks = chunk_with(Chunker(), list(pieces))
+        assert [len(c) for c in chunks] == expected
+        assert all(type(c) is bytes for c in chunks)
