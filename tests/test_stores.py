@@ -337,6 +337,22 @@ def test_file_store_put_does_not_hold_the_blob(tmp_path: Path) -> None:
     store.close()
 
 
+def test_file_store_read_stops_at_a_missing_chunk(tmp_path: Path) -> None:
+    """Chunk files are opened ahead of the read; a missing one fails only where it is due."""
+    data = random.Random(8).randbytes(6 * MIB)
+    with open_file_store(tmp_path / "store") as store:
+        digest = store.blobs.put([data])
+        chunks = store.blobs.stat(digest)
+        assert len(chunks) > 4
+        missing = chunks[3]
+        store.blobs.piece_path(missing.digest).unlink()
+        got = bytearray()
+        with pytest.raises(BlobNotFound, match=re.escape(str(missing.digest))):
+            for piece in store.blobs.read(digest):
+                got += piece
+        assert bytes(got) == data[: sum(c.size for c in chunks[:3])]
+
+
 def test_put_and_get_directories(store: EmbeddedStore) -> None:
     root = store.directories.put([DIRECTORY_WITH_KEEP, DIRECTORY_COMPLICATED], timeout=5.0)
     assert root == DIRECTORY_COMPLICATED.digest
