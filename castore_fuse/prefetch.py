@@ -3,14 +3,17 @@
 Programs that read whole trees (tar, cp -r, rsync, a compiler) read the files of a directory
 one after another, in listing order. Each small file costs a round trip of its own, so the
 next few small files after the one being read are fetched in the background into the chunk
-cache, where their reads find them. Listing alone (find, ls) triggers nothing: only a read
-shows that contents are wanted.
+cache, where their reads find them. Listing alone (find, ls) triggers nothing, and neither
+does a single read: only two siblings read one after the other show a walk. Fetching after
+every first read would put a burst of background requests in front of whatever a program
+reads next elsewhere (opening one file in each of many directories got 2-4 times slower).
 """
 
 from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from castore_client.chunk_cache import ChunkCache
 from castore_client.chunked_reader import SMALL_BLOB, fetch_verified
@@ -20,6 +23,14 @@ from castore_client.services import BlobService, ChunkMeta
 from .inodes import Child
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, eq=False)
+class _Listing:
+    """The small files of one listed directory, in listing order, and the last one read."""
+
+    files: tuple[ChunkMeta, ...]
+    last_read: int = -2
 
 
 class SiblingPrefetcher:
@@ -35,7 +46,7 @@ class SiblingPrefetcher:
         self.cache = cache
         self.window = window
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="castore-prefetch")
-        self._position: dict[int, tuple[tuple[ChunkMeta, ...], int]] = {}
+        self._position: dict[int, tuple[_Listing, int]] = {}
         self._pending: set[object] = set()
 
     def note_directory(self, children: tuple[Child, ...]) -> None:
@@ -45,17 +56,21 @@ class SiblingPrefetcher:
             for child in children
             if isinstance(child.node, FileNode) and 0 < child.node.size <= SMALL_BLOB
         )
-        metas = tuple(meta for _, meta in small)
+        listing = _Listing(tuple(meta for _, meta in small))
         for index, (ino, _) in enumerate(small):
-            self._position[ino] = (metas, index)
+            self._position[ino] = (listing, index)
 
     def after_read(self, ino: int) -> None:
-        """A small file was read: fetch the ones after it, unless cached or under way."""
+        """A small file was read: if it follows the last one read there, fetch the next ones."""
         position = self._position.get(ino)
         if position is None:
             return
-        metas, index = position
-        for meta in metas[index + 1 : index + 1 + self.window]:
+        listing, index = position
+        walking = listing.last_read == index - 1
+        listing.last_read = index
+        if not walking:
+            return
+        for meta in listing.files[index + 1 : index + 1 + self.window]:
             if meta.digest in self.cache or meta.digest in self._pending:
                 continue
             self._pending.add(meta.digest)
@@ -69,5 +84,6 @@ class SiblingPrefetcher:
         finally:
             self._pending.discard(meta.digest)
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    def close(self, *, wait: bool = False) -> None:
+        """Stop: drop the fetches not yet started, or with `wait` finish every one asked for."""
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)
