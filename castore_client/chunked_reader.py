@@ -18,18 +18,26 @@ import os
 import queue
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO
 
-from .cancel import CancelScope
+from .cancel import Cancelled, CancelScope
 from .chunk_cache import ChunkCache
 from .digest import B3Digest, hasher
-from .errors import BlobNotFound, DigestMismatch, InvalidChunkList, Unavailable
+from .errors import BlobNotFound, CastoreError, DigestMismatch, InvalidChunkList
 from .services import BlobService, ChunkMeta
 
 log = logging.getLogger(__name__)
 
 SPOOL_THRESHOLD = 16 << 20
+
+STREAM_REACH = 16
+"""How many chunks a whole-blob stream may be read ahead of, or behind, the chunk asked for.
+
+The kernel sends several read-ahead requests at once and they reach the reader in any order;
+a stream that gave up at the first request out of order fell back to one RPC per chunk.
+"""
 
 ChunkFetcher = Callable[[ChunkMeta], bytes | memoryview]
 
@@ -110,9 +118,11 @@ class ChunkedReader:
                 f"blob {digest}: chunks add up to {self.size} bytes, expected {size}"
             )
         self._lock = threading.Lock()
-        self._last: tuple[int, bytes] | None = None
+        # Recently used chunks, and chunks the stream delivered ahead of their request.
+        self._recent: OrderedDict[int, bytes] = OrderedDict()
         self._stream: StreamReadahead | None = None
         self._stream_next = 0
+        self._stream_failed = False
 
     def chunk_range(self, offset: int, length: int) -> range:
         """Indices of the chunks that cover [offset, offset+length), clipped to the blob."""
@@ -138,59 +148,83 @@ class ChunkedReader:
         return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
 
     def _chunk(self, index: int) -> bytes:
-        # One chunk is remembered so that the kernel's 128 KiB reads do not refetch it.
-        last = self._last
-        if last is not None and last[0] == index:
-            return last[1]
+        recent = self._recent.get(index)
+        if recent is not None:
+            self._recent.move_to_end(index)
+            return recent
         meta = self.chunks[index]
         try:
             data = self._cache.lookup(meta.digest) if self._cache is not None else None
             if data is not None:
                 self._skip_in_stream(index)
             else:
-                try:
-                    data = self._from_stream(index)
-                except Unavailable as exc:
-                    # The stream broke: carry on from this chunk with single, retried fetches.
-                    log.info(
-                        "blob %s: stream broke at chunk %d (%s); resuming", self.digest, index, exc
-                    )
-                    data = None
-                if data is not None and self._cache is not None:
-                    self._cache.insert(meta.digest, data, memory=False)
+                data = self._from_stream(index)
             if data is None:
                 data = self._fetch(meta)
         except BlobNotFound as exc:
             raise BlobNotFound(f"chunk {meta.digest} of blob {self.digest}: {exc}") from exc
-        self._last = (index, data)
+        self._remember(index, data)
         return data
 
+    def _remember(self, index: int, data: bytes) -> None:
+        self._recent[index] = data
+        self._recent.move_to_end(index)
+        while len(self._recent) > 2 * STREAM_REACH:
+            self._recent.popitem(last=False)
+
     def _from_stream(self, index: int) -> bytes | None:
-        if self._open_stream is None:
+        """Chunk `index` from the whole-blob stream, if the stream is (or can be) near it.
+
+        A stream starts only near the blob's beginning, since it always starts there. Chunks
+        it delivers before they are asked for are remembered for the request that wants them.
+        """
+        if self._open_stream is None or self._stream_failed:
             return None
         if self._stream is None:
-            if index != 0:
+            if index >= STREAM_REACH:
                 return None
             self._stream = StreamReadahead(self._open_stream, self.digest, self.chunks)
             self._stream_next = 0
-        if index != self._stream_next:
-            log.debug(
-                "blob %s: chunk %d requested while the stream is at %d; fetching singly",
-                self.digest,
-                index,
-                self._stream_next,
-            )
-            self._close_stream()
+        if not self._stream_next <= index < self._stream_next + STREAM_REACH:
+            if index >= self._stream_next:
+                log.debug(
+                    "blob %s: chunk %d is far ahead of the stream (at %d); fetching singly",
+                    self.digest,
+                    index,
+                    self._stream_next,
+                )
+                self._close_stream()
             return None
-        try:
-            data = self._stream.next()
-        except BaseException:
-            self._close_stream()
-            raise
-        self._stream_next += 1
-        if self._stream_next == len(self.chunks):
-            self._close_stream()
-        return data
+        while True:
+            try:
+                data = self._stream.next()
+            except Cancelled:
+                self._close_stream()
+                raise
+            except CastoreError as exc:
+                # Single fetches from here on, each verified on its own: a broken or corrupt
+                # stream costs round trips, and only a chunk that is itself bad fails a read.
+                log.warning(
+                    "blob %s: whole-blob stream failed at chunk %d (%s); reading single chunks",
+                    self.digest,
+                    self._stream_next,
+                    exc,
+                )
+                self._stream_failed = True
+                self._close_stream()
+                return None
+            except BaseException:
+                self._close_stream()
+                raise
+            position = self._stream_next
+            self._stream_next += 1
+            if self._cache is not None:
+                self._cache.insert(self.chunks[position].digest, data, memory=False)
+            if self._stream_next == len(self.chunks):
+                self._close_stream()
+            if position == index:
+                return data
+            self._remember(position, data)
 
     def _skip_in_stream(self, index: int) -> None:
         """A chunk came from the cache: keep a running stream in step, or leave it be."""
@@ -205,7 +239,7 @@ class ChunkedReader:
     def close(self) -> None:
         with self._lock:
             self._close_stream()
-            self._last = None
+            self._recent.clear()
 
 
 class StreamReadahead:

@@ -183,7 +183,6 @@ def pread_exact(fd: int, size: int, offset: int) -> bytes:
 BLOB_FAULTS: dict[str, tuple[str, B3Digest, Callable[[Faults, B3Digest], None], str]] = {
     # case: (root name, digest, switch on, what `served` counts)
     "flip_small": (HELLOWORLD_NAME, HELLO, lambda f, d: f.flip(d), "flip"),
-    "flip_whole_chunked": (RANDOM_NAME, RANDOM, lambda f, d: f.flip(d), "flip"),
     "truncate": (BLOB_B_NAME, BLOB_B, lambda f, d: f.truncate(d, 100_000), "truncate read"),
     "truncate_to_nothing": (HELLOWORLD_NAME, HELLO, lambda f, d: f.truncate(d, 0), "truncate read"),
     "drop_at_start": (HELLOWORLD_NAME, HELLO, lambda f, d: f.drop(d), "drop read"),
@@ -218,6 +217,19 @@ def _content(name: str) -> bytes:
         BLOB_B_NAME: fx.BLOB_B,
         RANDOM_NAME: RANDOM_BLOB,
     }[name]
+
+
+def test_corrupt_whole_blob_stream_gives_way_to_single_chunks(
+    mount: Mount, faults: Faults
+) -> None:
+    """A chunked blob whose whole-blob stream carries a flipped byte while its chunks are sound:
+    the stream fails its chunk's check and is dropped, and the chunks, fetched and verified one
+    by one, serve the right bytes. The log names the blob."""
+    faults.flip(RANDOM)
+    assert read(mount.path / RANDOM_NAME) == RANDOM_BLOB
+    assert faults.served["flip"] >= 1, faults.served
+    assert logged(mount, RANDOM), mount.log()
+    assert mount.alive(), mount.log()
 
 
 def test_dropped_whole_blob_stream_resumes_chunk_by_chunk(mount: Mount, faults: Faults) -> None:

@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from castore_client.address import parse_address
+from castore_client.chunked_reader import fetch_verified
 from castore_client.digest import B3Digest
 from castore_client.errors import (
     BlobNotFound,
@@ -23,6 +24,7 @@ from castore_client.errors import (
 from castore_client.rpc.blob_client import GrpcBlobService
 from castore_client.rpc.directory_client import GrpcDirectoryService
 from castore_client.rpc.endpoint import Endpoint, open_channel
+from castore_client.services import ChunkMeta
 
 from . import fixtures as fx
 from .scripted_server import scripted_server
@@ -240,13 +242,15 @@ def test_corrupt_chunk_yields_no_bytes(sequential: bool) -> None:
 
 
 def test_trailing_garbage_is_never_served() -> None:
+    """The stream's excess comes after the last chunk, which verifies; a single fetch of that
+    chunk gets the excess inside it and fails."""
     with chunk_server(FIRST, SECOND + b"extra") as target:
         reader = blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
         assert reader.read_at(0, 10) == fx.BLOB_B[:10]
         assert reader.read_at(HALF, 1 << 20) == SECOND
-        fresh = blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
-        with pytest.raises(DigestMismatch):  # a single-chunk fetch sees the excess
-            fresh.read_at(HALF, 2)
+        second = ChunkMeta(B3Digest(fx.b3(SECOND)), len(SECOND))
+        with pytest.raises(DigestMismatch):
+            fetch_verified(blob_service(target), second)
 
 
 def test_missing_blob_is_not_found() -> None:
@@ -278,6 +282,27 @@ def test_broken_stream_resumes_at_the_chunk_that_failed() -> None:
     assert out == fx.BLOB_B
     refetched = [r for r in requests if fx.b3(SECOND) in r]
     assert refetched and not [r for r in requests if fx.b3(FIRST) in r]  # only the failed one
+
+
+def test_reads_out_of_order_share_one_stream() -> None:
+    """The kernel's concurrent read-ahead requests arrive in any order: a request for the
+    second chunk before the first still rides the one whole-blob stream, no single fetches."""
+    requests: list[bytes] = []
+
+    def read(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        requests.append(request)
+        data = {fx.b3(FIRST): FIRST, fx.b3(SECOND): SECOND}.get(request[2:34], fx.BLOB_B)
+        for i in range(0, len(data), 4096):
+            yield blob_chunk(data[i : i + 4096])
+
+    with scripted_server(unary={STAT: stat_reply(*TWO_CHUNKS)}, streams={READ: read}) as target:
+        reader = blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
+        assert reader.read_at(HALF + 10, 100) == fx.BLOB_B[HALF + 10 : HALF + 110]
+        assert reader.read_at(0, HALF) == FIRST
+        assert reader.read_at(HALF - 3, 6) == fx.BLOB_B[HALF - 3 : HALF + 3]
+        reader.close()
+    assert len(requests) == 1
+    assert fx.b3(fx.BLOB_B) in requests[0]
 
 
 def test_unavailable_is_retried_until_the_server_answers() -> None:
