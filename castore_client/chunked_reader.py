@@ -33,11 +33,15 @@ log = logging.getLogger(__name__)
 SPOOL_THRESHOLD = 16 << 20
 
 STREAM_REACH = 16
-"""How many chunks a whole-blob stream may be read ahead of, or behind, the chunk asked for.
+"""How far ahead of its position a whole-blob stream serves a request, in chunks.
 
 The kernel sends several read-ahead requests at once and they reach the reader in any order;
 a stream that gave up at the first request out of order fell back to one RPC per chunk.
+Chunks it delivers before they are asked for wait in the reader (at most this many).
 """
+
+RECENT_CHUNKS = 4
+"""Chunks a reader keeps after use, for requests that cover a chunk in several pieces."""
 
 ChunkFetcher = Callable[[ChunkMeta], bytes | memoryview]
 
@@ -118,8 +122,12 @@ class ChunkedReader:
                 f"blob {digest}: chunks add up to {self.size} bytes, expected {size}"
             )
         self._lock = threading.Lock()
-        # Recently used chunks, and chunks the stream delivered ahead of their request.
+        # The last few chunks used (the kernel reads a chunk in several requests, not always in
+        # order), and chunks the stream delivered ahead of their request. Few: each held chunk
+        # pins a received message, whose memory a sequential read should reuse at once.
         self._recent: OrderedDict[int, bytes] = OrderedDict()
+        self._early: dict[int, bytes] = {}
+        self._streamed = False
         self._stream: StreamReadahead | None = None
         self._stream_next = 0
         self._stream_failed = False
@@ -152,6 +160,10 @@ class ChunkedReader:
         if recent is not None:
             self._recent.move_to_end(index)
             return recent
+        data = self._early.pop(index, None)
+        if data is not None:
+            self._remember(index, data)
+            return data
         meta = self.chunks[index]
         try:
             data = self._cache.lookup(meta.digest) if self._cache is not None else None
@@ -168,8 +180,7 @@ class ChunkedReader:
 
     def _remember(self, index: int, data: bytes) -> None:
         self._recent[index] = data
-        self._recent.move_to_end(index)
-        while len(self._recent) > 2 * STREAM_REACH:
+        if len(self._recent) > RECENT_CHUNKS:
             self._recent.popitem(last=False)
 
     def _from_stream(self, index: int) -> bytes | None:
@@ -181,10 +192,12 @@ class ChunkedReader:
         if self._open_stream is None or self._stream_failed:
             return None
         if self._stream is None:
-            if index >= STREAM_REACH:
+            # A stream starts over at the beginning: for a first read near it, or a new pass.
+            if index >= STREAM_REACH or (self._streamed and index != 0):
                 return None
             self._stream = StreamReadahead(self._open_stream, self.digest, self.chunks)
             self._stream_next = 0
+            self._streamed = True
         if not self._stream_next <= index < self._stream_next + STREAM_REACH:
             if index >= self._stream_next:
                 log.debug(
@@ -224,7 +237,10 @@ class ChunkedReader:
                 self._close_stream()
             if position == index:
                 return data
-            self._remember(position, data)
+            self._early[position] = data
+            if len(self._early) > STREAM_REACH:
+                # Asked for by nobody so far behind: drop the oldest.
+                del self._early[min(self._early)]
 
     def _skip_in_stream(self, index: int) -> None:
         """A chunk came from the cache: keep a running stream in step, or leave it be."""
@@ -240,6 +256,7 @@ class ChunkedReader:
         with self._lock:
             self._close_stream()
             self._recent.clear()
+            self._early.clear()
 
 
 class StreamReadahead:

@@ -55,8 +55,17 @@ class CastoreOperations(pyfuse3.Operations):
     def __init__(self, fs: CastoreFilesystem) -> None:
         super().__init__()
         self.fs = fs
+        # An inode's attributes never change, and building them is a good part of the cost
+        # of each directory entry a listing hands out.
+        self._attributes: dict[int, pyfuse3.EntryAttributes] = {}
 
     def attributes(self, ino: int, data: InodeData | None) -> pyfuse3.EntryAttributes:
+        attr = self._attributes.get(ino)
+        if attr is None:
+            attr = self._attributes[ino] = self._build_attributes(ino, data)
+        return attr
+
+    def _build_attributes(self, ino: int, data: InodeData | None) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = ino
         attr.entry_timeout = FOREVER

@@ -11,9 +11,10 @@ from __future__ import annotations
 import stat
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from castore_client.digest import B3Digest
-from castore_client.directory import DirectoryNode, FileNode, Node
+from castore_client.directory import DirectoryNode, FileNode, Node, SymlinkNode
 
 ROOT_INODE = 1
 
@@ -62,14 +63,6 @@ def inode_data(node: Node) -> InodeData:
     return SymlinkInode(node.target)
 
 
-def _key(node: Node) -> tuple[object, ...]:
-    if isinstance(node, DirectoryNode):
-        return ("d", node.digest)
-    if isinstance(node, FileNode):
-        return ("f", node.digest, node.executable)
-    return ("l", node.target)
-
-
 def file_type(data: InodeData | None) -> int:
     if data is None or isinstance(data, DirectoryInode):
         return stat.S_IFDIR
@@ -94,18 +87,29 @@ class InodeTracker:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._data: dict[int, InodeData] = {}
-        self._by_key: dict[tuple[object, ...], int] = {}
+        # One table per kind, so that the keys need no kind tag: this runs for every entry of
+        # every directory listed.
+        self._files: dict[tuple[B3Digest, bool], int] = {}
+        self._directories: dict[B3Digest, int] = {}
+        self._symlinks: dict[bytes, int] = {}
         self._next = ROOT_INODE + 1
 
     def put(self, node: Node) -> int:
         """The inode of `node`'s content, allocated on first sight."""
-        key = _key(node)
+        table: dict[Any, int]
+        if type(node) is FileNode:
+            table, key = self._files, (node.digest, node.executable)
+        elif type(node) is DirectoryNode:
+            table, key = self._directories, node.digest
+        else:
+            assert isinstance(node, SymlinkNode)
+            table, key = self._symlinks, node.target
         with self._lock:
-            ino = self._by_key.get(key)
+            ino = table.get(key)
             if ino is None:
                 ino = self._next
                 self._next += 1
-                self._by_key[key] = ino
+                table[key] = ino
                 self._data[ino] = inode_data(node)
             return ino
 

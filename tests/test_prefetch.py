@@ -44,7 +44,9 @@ def cached(cache: ChunkCache, files: list[Child]) -> list[int]:
     return [n for n, child in enumerate(files) if child.node.digest in cache]
 
 
-def test_one_read_fetches_nothing(listing: tuple[SiblingPrefetcher, ChunkCache, list[Child]]) -> None:
+def test_one_read_fetches_nothing(
+    listing: tuple[SiblingPrefetcher, ChunkCache, list[Child]],
+) -> None:
     prefetcher, cache, files = listing
     prefetcher.after_read(files[0].ino)
     settle(prefetcher)
