@@ -108,14 +108,7 @@ class Directory:
     @cached_property
     def encoded(self) -> bytes:
         """The canonical protobuf encoding: fields in number order, proto3 defaults omitted."""
-        out = bytearray()
-        for d in self.directories:
-            _put_message(out, 1, _encode_directory_node(d))
-        for f in self.files:
-            _put_message(out, 2, _encode_file_node(f))
-        for s in self.symlinks:
-            _put_message(out, 3, _encode_symlink_node(s))
-        return bytes(out)
+        return _encode_directory(self)
 
     @cached_property
     def digest(self) -> B3Digest:
@@ -190,52 +183,75 @@ def _compute_size(directory: Directory, formula: SizeFormula) -> int:
     return total
 
 
-def _put_varint(out: bytearray, value: int) -> None:
+_ONE_BYTE = tuple(bytes([n]) for n in range(0x80))
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE[value]
+    out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
+    return bytes(out)
 
 
-def _put_bytes(out: bytearray, field_number: int, value: bytes) -> None:
-    if value:
-        _put_message(out, field_number, value)
+# Field tags (field number << 3 | wire type) of the node messages: 1-4 fit in one byte.
+_NAME = b"\x0a"  # 1, length-delimited
+_DIGEST_32 = b"\x12\x20"  # 2, length-delimited, always 32 bytes long
+_TARGET = b"\x12"  # 2, length-delimited
+_SIZE = b"\x18"  # 3, varint
+_EXECUTABLE = b"\x20\x01"  # 4, varint, true
+_DIRECTORIES, _FILES, _SYMLINKS = b"\x0a", b"\x12", b"\x1a"  # Directory's fields 1-3
+
+# These run for every node of every directory fetched (each is hashed to check its digest),
+# hence parts joined once instead of a bytearray grown field by field.
 
 
-def _put_message(out: bytearray, field_number: int, value: bytes) -> None:
-    _put_varint(out, (field_number << 3) | 2)
-    _put_varint(out, len(value))
-    out += value
-
-
-def _put_uint(out: bytearray, field_number: int, value: int) -> None:
-    if value:
-        _put_varint(out, field_number << 3)
-        _put_varint(out, value)
+def _with_name(parts: list[bytes], name: bytes) -> None:
+    if name:
+        parts += (_NAME, _varint(len(name)), name)
 
 
 def _encode_directory_node(node: DirectoryNode) -> bytes:
-    out = bytearray()
-    _put_bytes(out, 1, node.name)
-    _put_bytes(out, 2, node.digest.raw)
-    _put_uint(out, 3, node.size)
-    return bytes(out)
+    parts: list[bytes] = []
+    _with_name(parts, node.name)
+    parts += (_DIGEST_32, node.digest.raw)
+    if node.size:
+        parts += (_SIZE, _varint(node.size))
+    return b"".join(parts)
 
 
 def _encode_file_node(node: FileNode) -> bytes:
-    out = bytearray()
-    _put_bytes(out, 1, node.name)
-    _put_bytes(out, 2, node.digest.raw)
-    _put_uint(out, 3, node.size)
-    _put_uint(out, 4, int(node.executable))
-    return bytes(out)
+    parts: list[bytes] = []
+    _with_name(parts, node.name)
+    parts += (_DIGEST_32, node.digest.raw)
+    if node.size:
+        parts += (_SIZE, _varint(node.size))
+    if node.executable:
+        parts.append(_EXECUTABLE)
+    return b"".join(parts)
 
 
 def _encode_symlink_node(node: SymlinkNode) -> bytes:
-    out = bytearray()
-    _put_bytes(out, 1, node.name)
-    _put_bytes(out, 2, node.target)
-    return bytes(out)
+    parts: list[bytes] = []
+    _with_name(parts, node.name)
+    if node.target:
+        parts += (_TARGET, _varint(len(node.target)), node.target)
+    return b"".join(parts)
+
+
+def _encode_directory(directory: Directory) -> bytes:
+    parts: list[bytes] = []
+    for tag, bodies in (
+        (_DIRECTORIES, map(_encode_directory_node, directory.directories)),
+        (_FILES, map(_encode_file_node, directory.files)),
+        (_SYMLINKS, map(_encode_symlink_node, directory.symlinks)),
+    ):
+        for body in bodies:
+            parts += (tag, _varint(len(body)), body)
+    return b"".join(parts)
 
 
 EMPTY_DIRECTORY = Directory()
