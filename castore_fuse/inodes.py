@@ -97,6 +97,7 @@ class InodeTracker:
     def put(self, node: Node) -> int:
         """The inode of `node`'s content, allocated on first sight."""
         table: dict[Any, int]
+        key: Any
         if type(node) is FileNode:
             table, key = self._files, (node.digest, node.executable)
         elif type(node) is DirectoryNode:
