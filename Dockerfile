@@ -8,9 +8,10 @@
 # --- build: compile pyfuse3 and install the package into a venv --------------------------------
 FROM debian:bookworm-slim AS build
 
+# ca-certificates: pip reaches PyPI over HTTPS, and Debian's pip trusts the system's bundle.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        gcc libc6-dev libfuse3-dev pkg-config python3-dev python3-venv \
+        ca-certificates gcc libc6-dev libfuse3-dev pkg-config python3-dev python3-venv \
     && rm -rf /var/lib/apt/lists/*
 
 RUN python3 -m venv /opt/castore
@@ -29,7 +30,9 @@ print("\n".join(project["dependencies"] + project["optional-dependencies"]["fuse
 COPY README.md ./
 COPY castore_client castore_client
 COPY castore_fuse castore_fuse
+# pip and setuptools are only needed here: the image runs the venv, never installs into it.
 RUN /opt/castore/bin/pip install --no-deps . \
+    && /opt/castore/bin/pip uninstall -y -q pip setuptools \
     && /opt/castore/bin/castore --help >/dev/null
 
 # --- the image: Python, fuse3 and the venv, no compilers -----------------------------------------
