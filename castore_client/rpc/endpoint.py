@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+import grpc.experimental
 
 from ..address import Address
 from ..cancel import Cancelled, check_cancelled, current_scope, tracked
@@ -69,6 +70,10 @@ def open_channel(
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 5_000),
+        # Server-streaming calls (every blob Read) are driven on the thread that iterates them.
+        # Otherwise grpcio starts a thread per call whenever none is in flight, which cost about
+        # 0.9 ms of CPU per small-file read.
+        (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
     ]
     target = address.grpc_target()
     if address.uses_tls:
