@@ -95,9 +95,10 @@ def open_blob_reader(
 class ChunkedReader:
     """Random access over a chunk list: binary search on cumulative offsets.
 
-    Reads that start at the beginning and go forward are served from one Read of the whole
-    blob, cut at the chunk boundaries and verified chunk by chunk as the bytes arrive: one
-    stream instead of one round trip per chunk. Any other access fetches single chunks.
+    Reads that start near the beginning and go forward, even with requests out of order by a
+    few chunks, are served from one Read of the whole blob, cut at the chunk boundaries and
+    verified chunk by chunk as the bytes arrive: one stream instead of one round trip per
+    chunk. Any other access, and everything after a stream failed, fetches single chunks.
     """
 
     def __init__(
