@@ -44,43 +44,24 @@ def cached(cache: ChunkCache, files: list[Child]) -> list[int]:
     return [n for n, child in enumerate(files) if child.node.digest in cache]
 
 
-def test_one_read_fetches_nothing(
+@pytest.mark.parametrize(
+    ("reads", "fetched"),
+    [
+        ((0,), []),  # one read is no walk
+        ((2, 3), [4, 5, 6, 7]),  # the next sibling: the window after it
+        ((8, 9), [10, 11]),  # the window ends at the last small file
+        ((0, 5, 2, 9), []),  # jumping around is no walk either
+    ],
+)
+def test_only_a_walk_fetches_ahead(
     listing: tuple[SiblingPrefetcher, ChunkCache, list[Child]],
+    reads: tuple[int, ...],
+    fetched: list[int],
 ) -> None:
     prefetcher, cache, files = listing
-    prefetcher.after_read(files[0].ino)
-    settle(prefetcher)
-    assert cached(cache, files) == []
-
-
-def test_reading_the_next_sibling_fetches_the_window_after_it(
-    listing: tuple[SiblingPrefetcher, ChunkCache, list[Child]],
-) -> None:
-    prefetcher, cache, files = listing
-    prefetcher.after_read(files[2].ino)
-    prefetcher.after_read(files[3].ino)
-    settle(prefetcher)
-    assert cached(cache, files) == [4, 5, 6, 7]
-    for n in (4, 5, 6, 7):
-        content = cache.peek(files[n].node.digest)
-        assert content == b"file %d " % n * 50
-
-
-def test_jumping_around_fetches_nothing(
-    listing: tuple[SiblingPrefetcher, ChunkCache, list[Child]],
-) -> None:
-    prefetcher, cache, files = listing
-    for n in (0, 5, 2, 9):
+    for n in reads:
         prefetcher.after_read(files[n].ino)
     settle(prefetcher)
-    assert cached(cache, files) == []
-
-
-def test_the_window_ends_at_the_last_file(
-    listing: tuple[SiblingPrefetcher, ChunkCache, list[Child]],
-) -> None:
-    prefetcher, cache, files = listing
-    prefetcher.after_read(files[8].ino)
-    prefetcher.after_read(files[9].ino)
-    settle(prefetcher)
-    assert cached(cache, files) == [10, 11]
+    assert cached(cache, files) == fetched
+    for n in fetched:
+        assert cache.peek(files[n].node.digest) == b"file %d " % n * 50
