@@ -27,7 +27,7 @@ print("\n".join(project["dependencies"] + project["optional-dependencies"]["fuse
         >requirements.txt \
     && /opt/castore/bin/pip install -r requirements.txt
 
-COPY README.md ./
+COPY README.md setup.py ./
 COPY castore_client castore_client
 COPY castore_fuse castore_fuse
 # pip and setuptools are only needed here: the image runs the venv, never installs into it.
