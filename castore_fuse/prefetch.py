@@ -47,21 +47,33 @@ class SiblingPrefetcher:
         self.window = window
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="castore-prefetch")
         self._position: dict[int, tuple[_Listing, int]] = {}
+        self._unindexed: list[tuple[Child, ...]] = []
         self._pending: set[object] = set()
 
     def note_directory(self, children: tuple[Child, ...]) -> None:
-        """Remember where each small file of a listed directory stands among its siblings."""
-        small = tuple(
-            (child.ino, ChunkMeta(child.node.digest, child.node.size))
-            for child in children
-            if isinstance(child.node, FileNode) and 0 < child.node.size <= SMALL_BLOB
-        )
-        listing = _Listing(tuple(meta for _, meta in small))
-        for index, (ino, _) in enumerate(small):
-            self._position[ino] = (listing, index)
+        """Remember a listed directory's children, to be indexed when a file is next read.
+
+        Listing a tree (find, ls -R) reads no file, so it should not pay for the index.
+        """
+        self._unindexed.append(children)
+
+    def _index(self) -> None:
+        """Where each small file of the directories listed so far stands among its siblings."""
+        unindexed, self._unindexed = self._unindexed, []
+        for children in unindexed:
+            small = tuple(
+                (child.ino, ChunkMeta(child.node.digest, child.node.size))
+                for child in children
+                if isinstance(child.node, FileNode) and 0 < child.node.size <= SMALL_BLOB
+            )
+            listing = _Listing(tuple(meta for _, meta in small))
+            for index, (ino, _) in enumerate(small):
+                self._position[ino] = (listing, index)
 
     def after_read(self, ino: int) -> None:
         """A small file was read: if it follows the last one read there, fetch the next ones."""
+        if self._unindexed:
+            self._index()
         position = self._position.get(ino)
         if position is None:
             return
