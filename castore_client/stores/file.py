@@ -167,14 +167,19 @@ class FileBlobService:
         raise BlobNotFound(f"blob {digest} not found")
 
     def read(self, digest: B3Digest, *, timeout: float | None = None) -> Iterator[bytes]:
-        """Raises BlobNotFound on the call itself, not on the first `next()`."""
-        chunks = self._chunk_list(digest)
-        if chunks is not None:
-            return self._read_chunks(digest, chunks)
+        """Raises BlobNotFound on the call itself, not on the first `next()`.
+
+        A blob stored whole (every small file) is a piece file of its own, and a chunked one
+        never is: trying the file first spares most reads a database query, which after a
+        cold start is a disk read of its own.
+        """
         try:
             piece = self.piece_path(digest).read_bytes()
         except FileNotFoundError:
-            raise BlobNotFound(f"blob {digest} not found") from None
+            chunks = self._chunk_list(digest)
+            if chunks is None:
+                raise BlobNotFound(f"blob {digest} not found") from None
+            return self._read_chunks(digest, chunks)
         return split_piece(piece)
 
     def open_read(
