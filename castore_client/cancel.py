@@ -16,17 +16,13 @@ import time
 from collections.abc import Iterator
 from typing import Protocol
 
-from .errors import Unavailable
+from .errors import Cancelled
 
 _local = threading.local()
 
 
 class Cancellable(Protocol):
     def cancel(self) -> bool: ...
-
-
-class Cancelled(Unavailable):
-    """The call was cancelled by its caller (not by the server)."""
 
 
 class CancelScope:

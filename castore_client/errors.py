@@ -1,15 +1,20 @@
 """The exceptions every layer of castore-fuse speaks.
 
-Transport code (gRPC) translates its status codes into these in one place
-(`castore_client.grpc.status`), and the filesystem translates these into errno in one place
-(`castore_fuse.errno_map`). Nothing above the transport ever sees a `grpc.RpcError`.
+Every exception the package raises is one of these. The transport translates gRPC status
+codes into them in one place (`castore_client.rpc.status`), the server translates them back
+into status codes in one place (the same module), and the filesystem translates them into
+errno in one place (`castore_fuse.errno_map`). Nothing outside `rpc/` ever sees a
+`grpc.RpcError`.
 
     CastoreError
     ├── InvalidInput                  the caller's input is malformed (never retried)
     │   ├── InvalidDigest
     │   ├── InvalidAddress
     │   ├── InvalidStorePath
-    │   └── InvalidPathInfo
+    │   ├── InvalidPathInfo
+    │   ├── InvalidSize
+    │   ├── InvalidTlsConfig
+    │   └── ImportFailed
     ├── DirectoryValidationError      a Directory breaks the rules of spec section 4
     │   ├── UnsortedNames, DuplicateName, InvalidName, InvalidNodeDigest,
     │   └── InvalidSymlinkTarget, SizeOverflow
@@ -23,6 +28,11 @@ Transport code (gRPC) translates its status codes into these in one place
     ├── ProtocolError                 a peer broke the protocol (bad message shape)
     ├── Rejected                      the server refused a request (invalid argument, ...)
     └── Unavailable                   the service could not be reached or timed out
+        ├── Cancelled                 the caller gave up on the call (not the server)
+        └── StoreClosed               an embedded store was used after close()
+
+`InvalidInput` is also a `ValueError`, so callers that validate arguments the usual way
+catch it as such.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ class CastoreError(Exception):
     """Base of every error raised by castore_client."""
 
 
-class InvalidInput(CastoreError):
+class InvalidInput(CastoreError, ValueError):
     """The input given by a caller is malformed."""
 
 
@@ -50,6 +60,18 @@ class InvalidStorePath(InvalidInput):
 
 class InvalidPathInfo(InvalidInput):
     pass
+
+
+class InvalidSize(InvalidInput):
+    """A size or duration that is not a finite positive number."""
+
+
+class InvalidTlsConfig(InvalidInput):
+    """A TLS file is missing, unreadable or not PEM, or the options do not fit together."""
+
+
+class ImportFailed(InvalidInput):
+    """A path cannot be imported (unsupported file type, unreadable, changed while read)."""
 
 
 class DirectoryValidationError(CastoreError):
@@ -142,3 +164,11 @@ class Rejected(CastoreError):
 
 class Unavailable(CastoreError):
     """The service could not be reached, or did not answer before the deadline."""
+
+
+class Cancelled(Unavailable):
+    """The call was cancelled by its caller (not by the server)."""
+
+
+class StoreClosed(Unavailable):
+    """An embedded store was used after it was closed."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from .digest import B3Digest, hasher
 from .directory import Directory, DirectoryNode, FileNode, Node, SymlinkNode, validate_name
-from .errors import BlobNotFound, CastoreError, InvalidInput, PathInfoNotFound
+from .errors import BlobNotFound, CastoreError, ImportFailed, PathInfoNotFound
 from .nar import NarHasher
 from .pathinfo import ContentAddress, HashType, NarInfo, PathInfo
 from .services import Services
@@ -33,10 +33,6 @@ READ_PIECE = 1 << 20
 IN_MEMORY_LIMIT = 8 << 20
 MAX_BYTES_IN_FLIGHT = 64 << 20
 MAX_DEFERRED_BYTES = 256 << 20
-
-
-class ImportFailed(InvalidInput):
-    """A path cannot be imported (unsupported file type, unreadable, changed while read)."""
 
 
 @dataclass

@@ -19,12 +19,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from .errors import InvalidInput
-
-
-class InvalidTlsConfig(InvalidInput):
-    """A TLS file is missing, unreadable or not PEM, or the options do not fit together."""
-
+from .errors import InvalidTlsConfig
 
 _PEM_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----",

@@ -11,8 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 
-from castore_client.cancel import Cancelled
-from castore_client.errors import CastoreError
+from castore_client.errors import Cancelled, CastoreError
 
 from .filesystem import FsError
 

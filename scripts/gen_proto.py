@@ -35,13 +35,17 @@ def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     generated = out_dir / PACKAGE
-    (generated / "__init__.py").write_text('"""Generated protobuf and gRPC modules. Do not edit."""\n')
+    (generated / "__init__.py").write_text(
+        '"""Generated protobuf and gRPC modules. Do not edit."""\n'
+    )
     return sorted(p for p in generated.iterdir() if p.is_file())
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=pathlib.Path, default=ROOT, help="output root (default: repo)")
+    parser.add_argument(
+        "--out", type=pathlib.Path, default=ROOT, help="output root (default: repo)"
+    )
     args = parser.parse_args()
     for path in generate(args.out):
         print(path.relative_to(args.out))

@@ -219,9 +219,7 @@ def _content(name: str) -> bytes:
     }[name]
 
 
-def test_corrupt_whole_blob_stream_gives_way_to_single_chunks(
-    mount: Mount, faults: Faults
-) -> None:
+def test_corrupt_whole_blob_stream_gives_way_to_single_chunks(mount: Mount, faults: Faults) -> None:
     """A chunked blob whose whole-blob stream carries a flipped byte while its chunks are sound:
     the stream fails its chunk's check and is dropped, and the chunks, fetched and verified one
     by one, serve the right bytes. The log names the blob."""

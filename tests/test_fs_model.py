@@ -105,7 +105,9 @@ async def test_root_listing_is_refused_unless_enabled(memory_store: EmbeddedStor
 
 async def test_root_listing_streams_and_resumes(memory_store: EmbeddedStore) -> None:
     fs = build(memory_store, list_root=True)
-    names = sorted([b"a", b"a2", b"a-exec", b"dir", b"keep", b"link", b"link2", b"nodir", b"noblob"])
+    names = sorted(
+        [b"a", b"a2", b"a-exec", b"dir", b"keep", b"link", b"link2", b"nodir", b"noblob"]
+    )
     fh = await fs.opendir(ROOT_INODE)
     got = []
     start = 0

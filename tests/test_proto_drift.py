@@ -19,7 +19,9 @@ def test_generated_code_matches_protos(tmp_path: pathlib.Path) -> None:
         for p in (ROOT / "castore_client" / "pb").iterdir()
         if p.is_file() and p.suffix in (".py", ".pyi")
     }
-    assert sorted(fresh) == sorted(committed), "generated file set differs; run scripts/gen_proto.py"
+    assert sorted(fresh) == sorted(committed), (
+        "generated file set differs; run scripts/gen_proto.py"
+    )
     drifted = [name for name in fresh if fresh[name] != committed[name]]
     assert not drifted, f"regenerate with scripts/gen_proto.py: {drifted}"
 
