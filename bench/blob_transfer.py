@@ -105,6 +105,7 @@ def role_ceiling_client(port: int, size: int, direction: str) -> dict[str, float
 def role_castore_client(
     port: int, size: int, direction: str, digest_text: str, run: int
 ) -> dict[str, float]:
+    from castore_client.chunked_reader import open_blob
     from castore_client.connect import open_services
     from castore_client.digest import B3Digest
 
@@ -114,7 +115,7 @@ def role_castore_client(
         digest = services.blobs.put(payload(size, run))
         result = {"digest": str(digest)}
     else:
-        reader = services.blobs.open_read(B3Digest.parse(digest_text), size)
+        reader = open_blob(services.blobs, B3Digest.parse(digest_text), size)
         total = 0
         for offset in range(0, size, MIB):
             total += len(reader.read_at(offset, MIB))

@@ -63,7 +63,7 @@ def fetch_verified(
     return bytes(buf)
 
 
-def open_blob_reader(
+def open_blob(
     service: BlobService,
     digest: B3Digest,
     size: int | None = None,
@@ -493,7 +493,7 @@ def open_reader(
 
     if size is not None and size <= SMALL_BLOB:
         return SmallBlobReader(digest, size, verified(ChunkMeta(digest, size), "blob"))
-    return open_blob_reader(
+    return open_blob(
         service,
         digest,
         size,

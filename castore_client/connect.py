@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -21,8 +23,51 @@ from .tls import TlsOptions
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ClientConfig:
+    """How to reach the three services, parsed once and handed to `open_services`.
+
+    Each service has one address, or several gRPC servers of the same service tried in order
+    (failover). `timeout` is each call's deadline, retries included (None: the transport's
+    default); `connect_timeout` how long each gRPC server may take to accept a connection at
+    start-up (None: do not wait); `tls` applies to grpc+https addresses only.
+    """
+
+    blobs: tuple[Address, ...]
+    directories: tuple[Address, ...]
+    path_infos: tuple[Address, ...]
+    namespace: Namespace = Namespace.TVIX
+    timeout: float | None = None
+    connect_timeout: float | None = None
+    tls: TlsOptions | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        blob_address: str | Address,
+        directory_address: str | Address | None = None,
+        path_info_address: str | Address | None = None,
+        **options: Any,
+    ) -> ClientConfig:
+        """Directory and PathInfo addresses default to the one before them."""
+        directory_address = directory_address or blob_address
+        return cls(
+            _group(blob_address),
+            _group(directory_address),
+            _group(path_info_address or directory_address),
+            **options,
+        )
+
+    @property
+    def uses_tls(self) -> bool:
+        return any(a.uses_tls for group in self.groups() for a in group)
+
+    def groups(self) -> tuple[tuple[Address, ...], tuple[Address, ...], tuple[Address, ...]]:
+        return self.blobs, self.directories, self.path_infos
+
+
 def open_services(
-    blob_address: str | Address,
+    blob_address: str | Address | ClientConfig,
     directory_address: str | Address | None = None,
     path_info_address: str | Address | None = None,
     *,
@@ -34,19 +79,33 @@ def open_services(
 ) -> Services:
     """Open the three services; equal addresses share one channel or one embedded store.
 
-    With `connect_timeout`, each gRPC server must accept a connection within that many
-    seconds, or Unavailable is raised naming it (and, for grpc+https, the TLS error if the
-    handshake is what failed). `tls` applies to the grpc+https addresses only: the CA to
-    trust instead of the system's roots, and a client certificate for servers that ask.
+    Takes a `ClientConfig`, or the addresses and options to make one. With a connect timeout,
+    each gRPC server must accept a connection within that many seconds, or Unavailable is
+    raised naming it (and, for grpc+https, the TLS error if the handshake is what failed).
     """
-    groups = [
-        _group(a)
-        for a in (
+    if isinstance(blob_address, ClientConfig):
+        config = blob_address
+    else:
+        config = ClientConfig.parse(
             blob_address,
-            directory_address or blob_address,
-            path_info_address or directory_address or blob_address,
+            directory_address,
+            path_info_address,
+            namespace=namespace,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            tls=tls,
         )
-    ]
+    return _open(config, formula)
+
+
+def _open(config: ClientConfig, formula: SizeFormula) -> Services:
+    namespace, timeout, connect_timeout, tls = (
+        config.namespace,
+        config.timeout,
+        config.connect_timeout,
+        config.tls,
+    )
+    groups = list(config.groups())
     closers: list[Callable[[], None]] = []
     embedded: dict[Address, EmbeddedStore] = {}
     endpoints: dict[tuple[Address, ...], Endpoint] = {}

@@ -62,12 +62,6 @@ class BlobService(Protocol):
         """
         ...
 
-    def open_read(
-        self, digest: B3Digest, size: int | None = None, *, timeout: float | None = None
-    ) -> BlobReader:
-        """A seekable reader over the blob; `size` is the size the caller expects, if known."""
-        ...
-
     def put(self, data: Iterable[bytes], *, timeout: float | None = None) -> B3Digest:
         """Upload a blob from pieces of any size; returns its digest, checked against ours."""
         ...

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from castore_client.chunked_reader import open_blob
 from castore_client.connect import open_services
 
 from . import fixtures as fx
@@ -66,7 +67,7 @@ def test_serve_file_store_persists(tmp_path: pathlib.Path) -> None:
                 else:
                     from castore_client.digest import B3Digest
 
-                    reader = client.blobs.open_read(B3Digest(fx.b3(fx.HELLOWORLD)))
+                    reader = open_blob(client.blobs, B3Digest(fx.b3(fx.HELLOWORLD)))
                     assert reader.read_at(0, 100) == fx.HELLOWORLD
             proc.terminate()
             assert proc.wait(10) == 0

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from castore_client.address import parse_address
-from castore_client.chunked_reader import fetch_verified
+from castore_client.chunked_reader import fetch_verified, open_blob
 from castore_client.digest import B3Digest
 from castore_client.errors import (
     BlobNotFound,
@@ -172,7 +172,7 @@ def test_blob_with_flipped_byte_is_rejected_whole() -> None:
     with scripted_server(
         unary={STAT: stat_reply()}, streams={READ: replies(blob_chunk(bytes(corrupt)))}
     ) as target:
-        reader = blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B)))
+        reader = open_blob(blob_service(target), B3Digest(fx.b3(fx.BLOB_B)))
         with pytest.raises(DigestMismatch) as info:
             reader.read_at(0, 10)
     assert str(B3Digest(fx.b3(fx.BLOB_B))) in str(info.value)
@@ -185,7 +185,7 @@ def test_truncated_blob_stream_is_rejected() -> None:
         ) as target,
         pytest.raises(DigestMismatch),
     ):
-        blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B))).read_at(0, 10)
+        open_blob(blob_service(target), B3Digest(fx.b3(fx.BLOB_B))).read_at(0, 10)
 
 
 def test_chunk_list_that_does_not_add_up_is_rejected() -> None:
@@ -193,7 +193,7 @@ def test_chunk_list_that_does_not_add_up_is_rejected() -> None:
     chunks = ((fx.b3(fx.BLOB_B[:half]), half), (fx.b3(fx.BLOB_B[half:]), half - 1))
     with scripted_server(unary={STAT: stat_reply(*chunks)}, streams={READ: replies()}) as target:
         with pytest.raises(InvalidChunkList):
-            blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
+            open_blob(blob_service(target), B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
 
 
 HALF = 500_000  # not a multiple of 255, so the two halves of BLOB_B differ
@@ -221,7 +221,7 @@ def chunk_server(first: bytes, second: bytes, piece: int = 4096):  # type: ignor
 @pytest.mark.parametrize("piece", [4096, 1000, 1 << 20])
 def test_sequential_and_random_reads_over_any_message_size(piece: int) -> None:
     with chunk_server(FIRST, SECOND, piece) as target:
-        reader = blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
+        reader = open_blob(blob_service(target), B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
         step = 128 << 10
         out = b"".join(reader.read_at(o, step) for o in range(0, len(fx.BLOB_B), step))
         assert out == fx.BLOB_B
@@ -232,7 +232,7 @@ def test_sequential_and_random_reads_over_any_message_size(piece: int) -> None:
 @pytest.mark.parametrize("sequential", [True, False])
 def test_corrupt_chunk_yields_no_bytes(sequential: bool) -> None:
     with chunk_server(FIRST, SECOND[:-1] + b"\x00") as target:
-        reader = blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
+        reader = open_blob(blob_service(target), B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
         if sequential:
             assert reader.read_at(0, 20) == fx.BLOB_B[:20]
         with pytest.raises(DigestMismatch) as info:
@@ -245,7 +245,7 @@ def test_trailing_garbage_is_never_served() -> None:
     """The stream's excess comes after the last chunk, which verifies; a single fetch of that
     chunk gets the excess inside it and fails."""
     with chunk_server(FIRST, SECOND + b"extra") as target:
-        reader = blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
+        reader = open_blob(blob_service(target), B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
         assert reader.read_at(0, 10) == fx.BLOB_B[:10]
         assert reader.read_at(HALF, 1 << 20) == SECOND
         second = ChunkMeta(B3Digest(fx.b3(SECOND)), len(SECOND))
@@ -258,7 +258,7 @@ def test_missing_blob_is_not_found() -> None:
         context.abort(grpc.StatusCode.NOT_FOUND, "no such blob")
 
     with scripted_server(unary={STAT: missing}) as target, pytest.raises(BlobNotFound):
-        blob_service(target).open_read(B3Digest(fx.b3(b"nope")))
+        open_blob(blob_service(target), B3Digest(fx.b3(b"nope")))
 
 
 def test_broken_stream_resumes_at_the_chunk_that_failed() -> None:
@@ -276,7 +276,7 @@ def test_broken_stream_resumes_at_the_chunk_that_failed() -> None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "connection dropped")
 
     with scripted_server(unary={STAT: stat_reply(*TWO_CHUNKS)}, streams={READ: read}) as target:
-        reader = blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
+        reader = open_blob(blob_service(target), B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
         step = 128 << 10
         out = b"".join(reader.read_at(o, step) for o in range(0, len(fx.BLOB_B), step))
     assert out == fx.BLOB_B
@@ -296,7 +296,7 @@ def test_reads_out_of_order_share_one_stream() -> None:
             yield blob_chunk(data[i : i + 4096])
 
     with scripted_server(unary={STAT: stat_reply(*TWO_CHUNKS)}, streams={READ: read}) as target:
-        reader = blob_service(target).open_read(B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
+        reader = open_blob(blob_service(target), B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
         assert reader.read_at(HALF + 10, 100) == fx.BLOB_B[HALF + 10 : HALF + 110]
         assert reader.read_at(0, HALF) == FIRST
         assert reader.read_at(HALF - 3, 6) == fx.BLOB_B[HALF - 3 : HALF + 3]

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from castore_client.chunked_reader import ChunkedReader, WholeBlobReader
+from castore_client.chunked_reader import ChunkedReader, WholeBlobReader, open_blob
 from castore_client.digest import B3Digest
 from castore_client.directory import Directory, DirectoryNode, FileNode, SymlinkNode
 from castore_client.errors import (
@@ -39,7 +39,7 @@ def test_blob_put_returns_the_blake3_digest(client: Services) -> None:
 def test_small_blob_reads_back(client: Services) -> None:
     digest = client.blobs.put([fx.BLOB_A])
     assert client.blobs.stat(digest) == []
-    reader = client.blobs.open_read(digest, len(fx.BLOB_A))
+    reader = open_blob(client.blobs, digest, len(fx.BLOB_A))
     assert isinstance(reader, WholeBlobReader)
     assert reader.read_at(0, 100) == fx.BLOB_A
     assert reader.read_at(1, 1) == fx.BLOB_A[1:]
@@ -48,7 +48,7 @@ def test_small_blob_reads_back(client: Services) -> None:
 def test_empty_blob_reads_back(client: Services) -> None:
     digest = client.blobs.put([])
     assert digest.raw == fx.b3(b"")
-    assert client.blobs.open_read(digest, 0).read_at(0, 10) == b""
+    assert open_blob(client.blobs, digest, 0).read_at(0, 10) == b""
 
 
 def test_unknown_blob_is_not_found(client: Services) -> None:
@@ -68,7 +68,7 @@ def test_random_reads_of_multi_chunk_blob(client: Services) -> None:
     for chunk in chunks:  # a chunk digest can be read like a blob
         data = b"".join(client.blobs.read(chunk.digest))
         assert fx.b3(data) == chunk.digest.raw
-    reader = client.blobs.open_read(digest, len(blob))
+    reader = open_blob(client.blobs, digest, len(blob))
     assert isinstance(reader, ChunkedReader)
     for _ in range(200):
         offset = rng.randrange(len(blob) + 10)
@@ -78,7 +78,7 @@ def test_random_reads_of_multi_chunk_blob(client: Services) -> None:
 
 def test_fixture_blob_b_is_chunked_and_reads_back(client: Services) -> None:
     digest = client.blobs.put([fx.BLOB_B])
-    reader = client.blobs.open_read(digest, len(fx.BLOB_B))
+    reader = open_blob(client.blobs, digest, len(fx.BLOB_B))
     out = b"".join(reader.read_at(o, 128 << 10) for o in range(0, len(fx.BLOB_B), 128 << 10))
     assert out == fx.BLOB_B
 
@@ -176,5 +176,5 @@ def test_file_store_survives_server_restart(tmp_path, tmp_path_factory) -> None:
             root = c.directories.put([WITH_KEEP, COMPLICATED])
     with open_file_store(str(tmp_path / "store")) as store, CastoreServer(store, sock):
         with open_services(sock, timeout=30) as c:
-            assert c.blobs.open_read(digest, len(blob)).read_at(0, len(blob)) == blob
+            assert open_blob(c.blobs, digest, len(blob)).read_at(0, len(blob)) == blob
             assert c.directories.get(root) == COMPLICATED

@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from castore_client import services
+from castore_client.chunked_reader import open_blob
 from castore_client.digest import B3Digest
 from castore_client.directory import (
     Directory,
@@ -230,7 +231,7 @@ def test_empty_blob(store: EmbeddedStore) -> None:
     assert store.blobs.put([b"", b""]) == EMPTY_DIGEST
     assert store.blobs.stat(EMPTY_DIGEST) == []
     assert list(store.blobs.read(EMPTY_DIGEST)) == []
-    assert store.blobs.open_read(EMPTY_DIGEST, 0).read_at(0, 10) == b""
+    assert open_blob(store.blobs, EMPTY_DIGEST, 0).read_at(0, 10) == b""
 
 
 def test_unknown_blob(store: EmbeddedStore) -> None:
@@ -240,7 +241,7 @@ def test_unknown_blob(store: EmbeddedStore) -> None:
     with pytest.raises(BlobNotFound):
         store.blobs.read(unknown)  # documented: raised by the call, before any next()
     with pytest.raises(BlobNotFound):
-        store.blobs.open_read(unknown).read_at(0, 1)
+        open_blob(store.blobs, unknown).read_at(0, 1)
 
 
 def test_pieces_do_not_change_the_result(store: EmbeddedStore) -> None:
@@ -258,14 +259,14 @@ def test_pieces_do_not_change_the_result(store: EmbeddedStore) -> None:
 def test_open_read_at_offsets(store: EmbeddedStore) -> None:
     data = random.Random(2).randbytes(3 * MIB + 17)
     digest = store.blobs.put([data])
-    reader = store.blobs.open_read(digest, len(data))
+    reader = open_blob(store.blobs, digest, len(data))
     rng = random.Random(3)
     for _ in range(50):
         offset = rng.randrange(len(data) + 10)
         length = rng.randrange(2 * MIB)
         assert reader.read_at(offset, length) == data[offset : offset + length]
     reader.close()
-    small = store.blobs.open_read(store.blobs.put([BLOB_A]))
+    small = open_blob(store.blobs, store.blobs.put([BLOB_A]))
     assert small.read_at(1, 5) == BLOB_A[1:]
 
 
@@ -694,7 +695,7 @@ def test_file_store_concurrent_readers(tmp_path: Path) -> None:
         rng = random.Random(seed)
         done = 0
         while not stop.is_set() and done < 30:
-            r = store.blobs.open_read(big_digest, len(big))
+            r = open_blob(store.blobs, big_digest, len(big))
             offset = rng.randrange(len(big))
             length = rng.randrange(1, 700 * KIB)
             assert r.read_at(offset, length) == big[offset : offset + length]

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from castore_client.address import Address, parse_address
+from castore_client.chunked_reader import open_blob
 from castore_client.connect import open_services
 from castore_client.digest import B3Digest
 from castore_client.errors import Unavailable
@@ -183,7 +184,7 @@ def round_trip(address: Address | str, tls: TlsOptions | None, *, fixtures: bool
     with open_services(address, timeout=10, connect_timeout=CONNECT_TIMEOUT, tls=tls) as client:
         digest = client.blobs.put([fx.BLOB_B])
         assert digest.raw == fx.b3(fx.BLOB_B)
-        reader = client.blobs.open_read(digest)
+        reader = open_blob(client.blobs, digest)
         assert reader.read_at(0, len(fx.BLOB_B)) == fx.BLOB_B
         reader.close()
         names = {info.node.name for info in client.path_infos.list() if info.node is not None}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 
-from ..chunked_reader import ChunkedReader, WholeBlobReader, open_blob_reader
 from ..digest import B3Digest, BackgroundHasher
 from ..errors import BlobNotFound, DigestMismatch, InvalidChunkList
 from ..pb import rpc_blobstore_pb2 as bpb
@@ -53,11 +52,6 @@ class GrpcBlobService:
             SERVICE, "Read", request, BlobChunkCodec, self._deadline(timeout), idempotent=True
         )
         return _pieces(call, digest)
-
-    def open_read(
-        self, digest: B3Digest, size: int | None = None, *, timeout: float | None = None
-    ) -> ChunkedReader | WholeBlobReader:
-        return open_blob_reader(self, digest, size, timeout=self._deadline(timeout))
 
     def put(self, data: Iterable[bytes], *, timeout: float | None = None) -> B3Digest:
         def messages(hasher: BackgroundHasher) -> Iterator[bytes]:

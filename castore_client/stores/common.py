@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
+from ..chunked_reader import open_blob
 from ..chunking import chunk_stream
 from ..closure import UploadValidator
 from ..digest import B3Digest, BackgroundHasher
@@ -85,7 +86,7 @@ def split_piece(data: bytes) -> Iterator[bytes]:
 
 def read_blob_bytes(blobs: BlobService, digest: B3Digest) -> Iterator[bytes]:
     """The verified bytes of a blob, in pieces (for NAR rendering, which checks the length)."""
-    reader = blobs.open_read(digest)
+    reader = open_blob(blobs, digest)
     try:
         pos = 0
         while piece := reader.read_at(pos, READ_PIECE):

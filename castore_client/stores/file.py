@@ -27,7 +27,6 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ..chunked_reader import ChunkedReader, WholeBlobReader, open_blob_reader
 from ..codec import decode_directory, decode_path_info, encode_path_info
 from ..digest import B3Digest
 from ..directory import Directory, Node, SizeFormula
@@ -181,11 +180,6 @@ class FileBlobService:
                 raise BlobNotFound(f"blob {digest} not found") from None
             return self._read_chunks(digest, chunks)
         return split_piece(piece)
-
-    def open_read(
-        self, digest: B3Digest, size: int | None = None, *, timeout: float | None = None
-    ) -> ChunkedReader | WholeBlobReader:
-        return open_blob_reader(self, digest, size, timeout=timeout)
 
     def put(self, data: Iterable[bytes], *, timeout: float | None = None) -> B3Digest:
         blob = ingest_blob(data, self._write_piece)

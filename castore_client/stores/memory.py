@@ -10,7 +10,6 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator
 
-from ..chunked_reader import ChunkedReader, WholeBlobReader, open_blob_reader
 from ..digest import B3Digest
 from ..directory import Directory, Node, SizeFormula
 from ..errors import BlobNotFound, PathInfoNotFound
@@ -59,11 +58,6 @@ class MemoryBlobService:
             # Pieces are never removed, so the chunks listed are there for as long as we read.
             pieces = [self._pieces[meta.digest] for meta in chunks]
         return (part for piece in pieces for part in split_piece(piece))
-
-    def open_read(
-        self, digest: B3Digest, size: int | None = None, *, timeout: float | None = None
-    ) -> ChunkedReader | WholeBlobReader:
-        return open_blob_reader(self, digest, size, timeout=timeout)
 
     def put(self, data: Iterable[bytes], *, timeout: float | None = None) -> B3Digest:
         blob = ingest_blob(data, self._write_piece)
