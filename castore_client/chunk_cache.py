@@ -36,7 +36,8 @@ class ChunkCache:
         self.misses = 0
 
     def get(self, digest: B3Digest, fetch: Callable[[], bytes]) -> bytes:
-        """The verified bytes for `digest`; `fetch` must return verified bytes or raise."""
+        """The verified bytes for `digest`, from memory, disk or else `fetch` (which must return
+        verified bytes or raise); concurrent calls for one digest share one fetch."""
         with self._lock:
             value = self._items.get(digest)
             if value is not None:
@@ -71,16 +72,26 @@ class ChunkCache:
                 del self._flights[digest]
             flight.done.set()
 
-    def lookup(self, digest: B3Digest) -> bytes | None:
-        """Memory, then disk; never fetches. A disk hit is kept in memory too."""
-        value = self.peek(digest)
-        if value is None and self.disk is not None:
+    def peek(self, digest: B3Digest, *, disk: bool = False) -> bytes | None:
+        """The bytes if they are cached, without ever fetching; a hit counts as a use.
+
+        Memory only by default, which never blocks, so the filesystem may call it on its event
+        loop; with `disk` the disk cache is asked too (blocking), and a hit there is kept in
+        memory as well.
+        """
+        with self._lock:
+            value = self._items.get(digest)
+            if value is not None:
+                self._items.move_to_end(digest)
+                self.hits += 1
+                return value
+        if disk and self.disk is not None:
             value = self.disk.get(digest)
             if value is not None:
                 self._insert(digest, value)
         return value
 
-    def insert(self, digest: B3Digest, value: bytes, *, memory: bool = True) -> None:
+    def put(self, digest: B3Digest, value: bytes, *, memory: bool = True) -> None:
         """Keep bytes the caller has verified against `digest`.
 
         `memory=False` keeps them on disk only: a long sequential read would otherwise push
@@ -90,15 +101,6 @@ class ChunkCache:
             self._insert(digest, value)
         if self.disk is not None:
             self.disk.put(digest, value)
-
-    def peek(self, digest: B3Digest) -> bytes | None:
-        """The bytes if they are cached (counted as a use), without ever fetching."""
-        with self._lock:
-            value = self._items.get(digest)
-            if value is not None:
-                self._items.move_to_end(digest)
-                self.hits += 1
-            return value
 
     def _insert(self, digest: B3Digest, value: bytes) -> None:
         if len(value) > self.max_bytes:

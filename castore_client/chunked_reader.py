@@ -8,6 +8,9 @@ past a threshold, so that a large unchunked blob never sits in RAM.
 
 For chunked blobs the blob digest itself cannot be checked without reading everything; the
 chunk list is trusted to belong to the blob, as in every castore client.
+
+Every check goes through `verify.Verifier`, the one place where bytes meet the digest that
+names them.
 """
 
 from __future__ import annotations
@@ -22,11 +25,19 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO
 
-from .cancel import Cancelled, CancelScope
+from .cancel import CancelScope
 from .chunk_cache import ChunkCache
-from .digest import B3Digest, hasher
-from .errors import BlobNotFound, CastoreError, DigestMismatch, InvalidChunkList
+from .digest import B3Digest
+from .errors import (
+    BlobNotFound,
+    Cancelled,
+    CastoreError,
+    DigestMismatch,
+    InvalidChunkList,
+    InvalidInput,
+)
 from .services import BlobService, ChunkMeta
+from .verify import Verifier, verified
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +62,11 @@ def fetch_verified(
 ) -> bytes:
     """Read one chunk (or small blob) whole and return it only if size and digest match."""
     buf = bytearray()
+    check = Verifier(meta.digest, meta.size, f"{what} {meta.digest}")
     for piece in service.read(meta.digest, timeout=timeout):
+        check.update(piece)
         buf += piece
-        if len(buf) > meta.size:
-            raise DigestMismatch(f"{what} {meta.digest}: server sent more than {meta.size} bytes")
-    if len(buf) != meta.size:
-        raise DigestMismatch(f"{what} {meta.digest}: expected {meta.size} bytes, got {len(buf)}")
-    actual = B3Digest.of(buf)
-    if actual != meta.digest:
-        raise DigestMismatch(f"{what} {meta.digest}: content hashes to {actual}")
+    check.finish()
     return bytes(buf)
 
 
@@ -76,7 +83,8 @@ def open_blob(
     """Stat the blob and return the reader that fits its shape.
 
     `fetch` lets a caller put a cache in front of chunk downloads; it must return verified
-    bytes (wrap `fetch_verified`).
+    bytes (wrap `fetch_verified`). The filesystem does not call this directly: it goes through
+    `blob_readers.BlobReaders`, which also skips the Stat for small blobs.
     """
     chunks = service.stat(digest, timeout=timeout)
     if chunks:
@@ -85,11 +93,16 @@ def open_blob(
             def fetch(meta: ChunkMeta) -> bytes:
                 return fetch_verified(service, meta, timeout=timeout)
 
-        def stream() -> Iterator[bytes]:
+        def stream() -> Iterator[bytes | memoryview]:
             return service.read(digest, timeout=timeout)
 
         return ChunkedReader(digest, chunks, fetch, size, stream=stream, cache=cache)
     return WholeBlobReader(service, digest, size, timeout=timeout, spool_threshold=spool_threshold)
+
+
+def check_range(offset: int, length: int) -> None:
+    if offset < 0 or length < 0:
+        raise InvalidInput("offset and length must not be negative")
 
 
 class ChunkedReader:
@@ -144,8 +157,7 @@ class ChunkedReader:
         return range(first, last + 1)
 
     def read_at(self, offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0:
-            raise ValueError("offset and length must not be negative")
+        check_range(offset, length)
         parts = []
         with self._lock:
             for index in self.chunk_range(offset, length):
@@ -167,7 +179,7 @@ class ChunkedReader:
             return data
         meta = self.chunks[index]
         try:
-            data = self._cache.lookup(meta.digest) if self._cache is not None else None
+            data = self._cache.peek(meta.digest, disk=True) if self._cache is not None else None
             if data is not None:
                 self._skip_in_stream(index)
             else:
@@ -233,7 +245,7 @@ class ChunkedReader:
             position = self._stream_next
             self._stream_next += 1
             if self._cache is not None:
-                self._cache.insert(self.chunks[position].digest, data, memory=False)
+                self._cache.put(self.chunks[position].digest, data, memory=False)
             if self._stream_next == len(self.chunks):
                 self._close_stream()
             if position == index:
@@ -352,10 +364,7 @@ def _verified_chunks(
 
 
 def _verify_chunk(data: bytes, meta: ChunkMeta, blob: B3Digest) -> bytes:
-    actual = B3Digest.of(data)
-    if actual != meta.digest:
-        raise DigestMismatch(f"chunk {meta.digest} of blob {blob}: content hashes to {actual}")
-    return data
+    return verified(data, meta.digest, meta.size, f"chunk {meta.digest} of blob {blob}")
 
 
 def _chunk_starts(digest: B3Digest, chunks: Sequence[ChunkMeta]) -> list[int]:
@@ -389,8 +398,7 @@ class WholeBlobReader:
         self._file: IO[bytes] | None = None
 
     def read_at(self, offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0:
-            raise ValueError("offset and length must not be negative")
+        check_range(offset, length)
         with self._lock:
             if self._memory is None and self._file is None:
                 self._download()
@@ -400,35 +408,26 @@ class WholeBlobReader:
         return os.pread(self._file.fileno(), length, offset)
 
     def _download(self) -> None:
-        h = hasher()
+        check = Verifier(self.digest, self.size, f"blob {self.digest}")
         buf = bytearray()
         spool: IO[bytes] | None = None
-        total = 0
         try:
             for piece in self._service.read(self.digest, timeout=self._timeout):
-                total += len(piece)
-                if self.size is not None and total > self.size:
-                    raise DigestMismatch(
-                        f"blob {self.digest}: server sent more than the expected {self.size} bytes"
-                    )
-                h.update(piece)
+                check.update(piece)
                 if spool is None:
                     buf += piece
                     if len(buf) > self._threshold:
-                        spool = tempfile.TemporaryFile(prefix="castore-blob-")
+                        spool = tempfile.TemporaryFile(prefix="castore-blob-")  # noqa: SIM115
                         spool.write(buf)
                         buf = bytearray()
                 else:
                     spool.write(piece)
-            if self.size is not None and total != self.size:
-                raise DigestMismatch(f"blob {self.digest}: expected {self.size} bytes, got {total}")
-            actual = B3Digest(h.digest())
-            if actual != self.digest:
-                raise DigestMismatch(f"blob {self.digest}: content hashes to {actual}")
+            check.finish()
         except BaseException:
             if spool is not None:
                 spool.close()
             raise
+        total = check.received
         self.size = total
         if spool is None:
             self._memory = bytes(buf)
@@ -442,62 +441,3 @@ class WholeBlobReader:
         if self._file is not None:
             self._file.close()
             self._file = None
-
-
-SMALL_BLOB = 1 << 20
-
-
-class SmallBlobReader:
-    """A blob small enough to fetch whole: one Read, verified, no Stat round trip first.
-
-    Reading a blob by its own digest returns all of its bytes however the server chunked it,
-    so skipping Stat is always correct; below SMALL_BLOB it is also always cheaper.
-    """
-
-    def __init__(self, digest: B3Digest, size: int, fetch: Callable[[], bytes]) -> None:
-        self.digest = digest
-        self.size: int | None = size
-        self._fetch = fetch
-
-    def read_at(self, offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0:
-            raise ValueError("offset and length must not be negative")
-        if offset >= (self.size or 0) or length == 0:
-            return b""
-        return self._fetch()[offset : offset + length]
-
-    def close(self) -> None:
-        pass
-
-
-def open_reader(
-    service: BlobService,
-    digest: B3Digest,
-    size: int | None,
-    *,
-    cache: ChunkCache | None = None,
-    timeout: float | None = None,
-) -> ChunkedReader | WholeBlobReader | SmallBlobReader:
-    """The cheapest verified reader for a blob whose size the caller (a FileNode) knows.
-
-    With a cache, small blobs and chunks are kept after their first verified download.
-    """
-
-    def verified(meta: ChunkMeta, what: str) -> Callable[[], bytes]:
-        def fetch() -> bytes:
-            return fetch_verified(service, meta, timeout=timeout, what=what)
-
-        if cache is None:
-            return fetch
-        return lambda: cache.get(meta.digest, fetch)
-
-    if size is not None and size <= SMALL_BLOB:
-        return SmallBlobReader(digest, size, verified(ChunkMeta(digest, size), "blob"))
-    return open_blob(
-        service,
-        digest,
-        size,
-        timeout=timeout,
-        fetch=lambda meta: verified(meta, "chunk")(),
-        cache=cache,
-    )

@@ -2,22 +2,31 @@
 
 A Put sends a closure leaves first; a recursive Get receives it root first. Both directions
 are checked here so that the embedded stores, the gRPC server and the gRPC client apply exactly
-the same rules (spec section 6).
+the same rules (spec section 6). `fetch_closure` is how a reader takes a closure in one request.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .digest import B3Digest
 from .directory import Directory, SizeFormula
 from .errors import (
+    CastoreError,
     DanglingReference,
     MissingDirectory,
     RootCountError,
     SizeMismatch,
+    Unavailable,
     UnexpectedDirectory,
 )
+
+if TYPE_CHECKING:
+    from .services import DirectoryService
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -121,3 +130,36 @@ class DownloadValidator:
         if self._expected_size:
             missing = ", ".join(sorted(str(d) for d in self._expected_size))
             raise MissingDirectory(f"the closure of {self.root} lacks {missing}")
+
+
+def fetch_closure(
+    directories: DirectoryService, digest: B3Digest, limit: int
+) -> dict[B3Digest, Directory] | None:
+    """The whole closure of `digest` in one recursive Get, or None where it cannot be had whole.
+
+    None (and a debug line) for a closure of more than `limit` directories, a missing or
+    invalid member, or a server that stopped answering part way: the caller then fetches
+    directories one by one, so that only the broken part of a tree gives errors. A server that
+    gave no answer at all raises Unavailable, since a single Get would wait for the same silence.
+    """
+    found: dict[B3Digest, Directory] = {}
+    stream = directories.get_recursive(digest)
+    try:
+        for directory in stream:
+            found[directory.digest] = directory
+            if len(found) > limit:
+                log.debug("the closure of %s has more than %d directories", digest, limit)
+                return None
+    except Unavailable:
+        if not found:
+            raise
+        log.debug("the closure of %s arrived only in part", digest)
+        return None
+    except CastoreError as exc:
+        log.debug("fetching the closure of %s failed: %s", digest, exc)
+        return None
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+    return found

@@ -21,6 +21,8 @@ import tempfile
 from collections.abc import Iterator
 
 from .digest import B3Digest
+from .errors import DigestMismatch, InvalidSize
+from .verify import verified
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,9 @@ def parse_size(text: str) -> int:
     try:
         value = float(number)
     except ValueError:
-        raise ValueError(f"{text!r} is not a size; use e.g. 512M or 2G") from None
+        raise InvalidSize(f"{text!r} is not a size; use e.g. 512M or 2G") from None
     if value <= 0:
-        raise ValueError(f"{text!r}: a size must be positive")
+        raise InvalidSize(f"{text!r}: a size must be positive")
     return int(value * units[unit])
 
 
@@ -64,8 +66,10 @@ class DiskChunkCache:
         except OSError as exc:
             log.warning("disk cache: cannot read %s: %s", path, exc)
             return None
-        if B3Digest.of(data) != digest:
-            log.warning("disk cache: %s is corrupt; removing it", digest)
+        try:
+            verified(data, digest, None, f"disk cache entry {digest}")
+        except DigestMismatch as exc:
+            log.warning("%s; removing it", exc)
             self._remove(path)
             return None
         with contextlib.suppress(OSError):

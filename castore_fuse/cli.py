@@ -176,11 +176,12 @@ def _service_addresses(args: argparse.Namespace) -> tuple[str, str, str]:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    from castore_client.blob_readers import BlobReaders
     from castore_client.connect import open_services
     from castore_client.digest import B3Digest
     from castore_client.rpc.endpoint import Namespace
 
-    from .filesystem import CastoreFilesystem
+    from .fs_model import CastoreFilesystem
     from .mount import MountError, MountOptions, check_mountpoint, run_mount
     from .root_nodes import DirectoryRootNodes, PathInfoRootNodes, RootNodes
 
@@ -208,13 +209,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
         else:
             root_nodes = PathInfoRootNodes(services.path_infos)
         fs = CastoreFilesystem(
-            services.blobs,
+            BlobReaders(services.blobs, _chunk_cache(args)),
             services.directories,
             root_nodes,
             list_root=args.list_root,
             show_xattr=args.show_xattr,
             xattr_namespace="snix" if namespace is Namespace.SNIX else "tvix",
-            cache=_chunk_cache(args),
         )
         try:
             run_mount(

@@ -13,7 +13,7 @@ import logging
 
 from castore_client.errors import Cancelled, CastoreError
 
-from .filesystem import FsError
+from .fs_model import FsError
 
 log = logging.getLogger(__name__)
 

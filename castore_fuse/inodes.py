@@ -8,7 +8,6 @@ freed: the table grows with the distinct content a mount has seen, not with its 
 
 from __future__ import annotations
 
-import stat
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,20 +62,6 @@ def inode_data(node: Node) -> InodeData:
     return SymlinkInode(node.target)
 
 
-def file_type(data: InodeData | None) -> int:
-    if data is None or isinstance(data, DirectoryInode):
-        return stat.S_IFDIR
-    if isinstance(data, FileInode):
-        return stat.S_IFREG
-    return stat.S_IFLNK
-
-
-def permissions(data: InodeData | None) -> int:
-    if isinstance(data, SymlinkInode) or (isinstance(data, FileInode) and not data.executable):
-        return 0o444
-    return 0o555
-
-
 class InodeTracker:
     """Allocates inode numbers from 2 upwards (1 is the root) and finds them by content.
 
@@ -129,7 +114,5 @@ __all__ = [
     "InodeData",
     "InodeTracker",
     "SymlinkInode",
-    "file_type",
     "inode_data",
-    "permissions",
 ]

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
-from .filesystem import CastoreFilesystem
-from .fs import CastoreOperations
+from .fs_model import CastoreFilesystem
+from .fuse_operations import CastoreOperations
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,9 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from castore_client.chunk_cache import ChunkCache
-from castore_client.chunked_reader import SMALL_BLOB, fetch_verified
+from castore_client.blob_readers import BlobReaders
 from castore_client.directory import FileNode
-from castore_client.services import BlobService, ChunkMeta
+from castore_client.services import ChunkMeta
 
 from .inodes import Child
 
@@ -36,14 +35,12 @@ class _Listing:
 class SiblingPrefetcher:
     def __init__(
         self,
-        blobs: BlobService,
-        cache: ChunkCache,
+        readers: BlobReaders,
         *,
         window: int = 32,
         workers: int = 4,
     ) -> None:
-        self.blobs = blobs
-        self.cache = cache
+        self.readers = readers
         self.window = window
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="castore-prefetch")
         self._position: dict[int, tuple[_Listing, int]] = {}
@@ -64,7 +61,9 @@ class SiblingPrefetcher:
             small = tuple(
                 (child.ino, ChunkMeta(child.node.digest, child.node.size))
                 for child in children
-                if isinstance(child.node, FileNode) and 0 < child.node.size <= SMALL_BLOB
+                if isinstance(child.node, FileNode)
+                and child.node.size > 0
+                and self.readers.is_small(child.node.size)
             )
             listing = _Listing(tuple(meta for _, meta in small))
             for index, (ino, _) in enumerate(small):
@@ -83,14 +82,14 @@ class SiblingPrefetcher:
         if not walking:
             return
         for meta in listing.files[index + 1 : index + 1 + self.window]:
-            if meta.digest in self.cache or meta.digest in self._pending:
+            if self.readers.has(meta.digest) or meta.digest in self._pending:
                 continue
             self._pending.add(meta.digest)
             self._pool.submit(self._fetch, meta)
 
     def _fetch(self, meta: ChunkMeta) -> None:
         try:
-            self.cache.get(meta.digest, lambda: fetch_verified(self.blobs, meta, what="blob"))
+            self.readers.fetch_small(meta.digest, meta.size)
         except Exception as exc:  # the read that wants it will report it
             log.debug("prefetch of %s failed: %s", meta.digest, exc)
         finally:

@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 import trio
 
+from castore_client.blob_readers import BlobReaders
 from castore_client.digest import B3Digest
 from castore_client.directory import Directory, DirectoryNode, FileNode, SymlinkNode
 from castore_client.errors import BlobNotFound, DirectoryNotFound
 from castore_client.stores import EmbeddedStore
-from castore_fuse.filesystem import CastoreFilesystem, Entry, FsError
-from castore_fuse.fs import CastoreOperations
+from castore_fuse.fs_model import CastoreFilesystem, Entry, FsError
+from castore_fuse.fuse_operations import CastoreOperations
 from castore_fuse.inodes import ROOT_INODE, DirectoryInode, FileInode, SymlinkInode
 from castore_fuse.root_nodes import StaticRootNodes
 
@@ -47,7 +48,9 @@ def build(store: EmbeddedStore, **kwargs: Any) -> CastoreFilesystem:
         b"nodir": DirectoryNode(b"nodir", B3Digest(fx.b3(b"absent")), 2),
         b"noblob": FileNode(b"noblob", B3Digest(fx.b3(b"absent")), 5),
     }
-    return CastoreFilesystem(store.blobs, store.directories, StaticRootNodes(roots), **kwargs)
+    return CastoreFilesystem(
+        BlobReaders(store.blobs), store.directories, StaticRootNodes(roots), **kwargs
+    )
 
 
 async def listing(fs: CastoreFilesystem, ino: int, start: int = 0) -> list[Entry]:

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from castore_client.blob_readers import BlobReaders
 from castore_client.chunk_cache import ChunkCache
 from castore_client.digest import B3Digest
 from castore_client.directory import DirectoryNode, FileNode
@@ -28,7 +29,7 @@ def listing() -> Iterator[tuple[SiblingPrefetcher, ChunkCache, list[Child]]]:
     # A subdirectory in the middle is not a small file: it is skipped, not counted.
     children.insert(3, Child(b"sub", 99, DirectoryNode(b"sub", B3Digest(bytes(32)), 0)))
     cache = ChunkCache(1 << 20)
-    prefetcher = SiblingPrefetcher(store.blobs, cache, window=WINDOW, workers=2)
+    prefetcher = SiblingPrefetcher(BlobReaders(store.blobs, cache), window=WINDOW, workers=2)
     prefetcher.note_directory(tuple(children))
     yield prefetcher, cache, [c for c in children if isinstance(c.node, FileNode)]
     prefetcher.close()

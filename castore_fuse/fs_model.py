@@ -1,10 +1,12 @@
-"""A castore as a filesystem: lookups, listings, reads and attributes, without any FUSE types.
+"""The model: a castore as a filesystem (lookups, listings, reads, attributes), no FUSE types.
 
-This is the model; `fs.py` adapts it to pyfuse3. Everything here is async (trio) and calls
-the blocking services through `bridge.run_blocking`, so one slow request never holds up the
-others. Errors that are the filesystem's own (no such name, not a directory, listing refused)
-are `FsError`s carrying an errno; everything a service raises propagates and becomes EIO in
-the adapter's single mapping point (`errno_map.py`).
+`fuse_operations.py` adapts it to pyfuse3 and knows nothing of castore; this module knows
+nothing of pyfuse3 or of any transport. Everything here is async (trio) and calls the blocking
+services through `bridge.run_blocking`, so one slow request never holds up the others. File
+contents come from one place, `castore_client.blob_readers.BlobReaders`. Errors that are the
+filesystem's own (no such name, not a directory, listing refused) are `FsError`s carrying an
+errno; everything a service raises propagates and becomes an errno in the adapter's single
+mapping point (`errno_map.py`).
 
 Concurrency: trio runs one task at a time, so the inode table and handle tables change only
 between awaits; two tasks populating the same directory wait on one shared fetch.
@@ -13,7 +15,6 @@ between awaits; two tasks populating the same directory wait on one shared fetch
 from __future__ import annotations
 
 import errno
-import functools
 import itertools
 import logging
 from collections import deque
@@ -22,12 +23,11 @@ from dataclasses import dataclass, field
 
 import trio
 
-from castore_client.chunk_cache import ChunkCache
-from castore_client.chunked_reader import SMALL_BLOB, open_reader
+from castore_client.blob_readers import BlobReaders, OpenBlob
+from castore_client.closure import fetch_closure
 from castore_client.digest import B3Digest
 from castore_client.directory import Directory, Node
-from castore_client.errors import CastoreError, Unavailable
-from castore_client.services import BlobReader, BlobService, DirectoryService
+from castore_client.services import DirectoryService
 
 from .bridge import StreamPump, run_blocking
 from .inodes import (
@@ -45,9 +45,6 @@ from .root_nodes import RootNodes
 log = logging.getLogger(__name__)
 
 ROOT_LISTING_BOUND = 16
-UNAVAILABLE_MEMO = 1.0
-"""Seconds for which a read that found the server unavailable answers a retry of the same
-range at once, with the same error."""
 
 
 class FsError(Exception):
@@ -88,30 +85,24 @@ class _DirListing:
 
 @dataclass
 class _OpenFile:
-    """An open file; its reader is made on the first read, so opening costs no round trip."""
-
     ino: int
     data: FileInode
-    reader: BlobReader | None = None
-    lock: trio.Lock = field(default_factory=trio.Lock)
-    # (when, offset, end, error) of the last read that found the server unavailable.
-    unavailable: tuple[float, int, int, Unavailable] | None = None
+    blob: OpenBlob
 
 
 class CastoreFilesystem:
     def __init__(
         self,
-        blobs: BlobService,
+        readers: BlobReaders,
         directories: DirectoryService,
         root_nodes: RootNodes,
         *,
         list_root: bool = False,
         show_xattr: bool = False,
         xattr_namespace: str = "tvix",
-        cache: ChunkCache | None = None,
         prefetch_directories: int = 10_000,
     ) -> None:
-        self.blobs = blobs
+        self.readers = readers
         self.directories = directories
         self.root_nodes = root_nodes
         self.list_root = list_root
@@ -124,8 +115,7 @@ class CastoreFilesystem:
         self._handles = itertools.count(1)
         self._dirs: dict[int, _RootListing | _DirListing] = {}
         self._files: dict[int, _OpenFile] = {}
-        self.cache = cache if cache is not None else ChunkCache()
-        self.prefetcher = SiblingPrefetcher(blobs, self.cache)
+        self.prefetcher = SiblingPrefetcher(readers)
         self.prefetch_limit = prefetch_directories
         self._prefetched: dict[B3Digest, Directory] = {}
 
@@ -201,40 +191,16 @@ class CastoreFilesystem:
         """One Directory; under a root node, its whole closure at once (bounded).
 
         The first directory a walk enters below a root node is usually followed by the rest
-        of that tree, so one recursive Get replaces a round trip per directory. If the
-        closure cannot be had whole (too big, a missing or invalid member), the directory is
-        fetched alone, so that only the broken part of the tree gives errors.
+        of that tree, so one recursive Get replaces a round trip per directory.
         """
         if root and self.prefetch_limit > 0:
-            try:
-                closure = await run_blocking(self._closure, digest)
-            except Unavailable:
-                raise  # the server did not answer at all (see _closure)
-            except CastoreError as exc:
-                log.debug("prefetching the closure of %s failed: %s", digest, exc)
-            else:
-                if closure is not None:
-                    self._prefetched.update(closure)
-                    return self._prefetched.pop(digest)
+            closure = await run_blocking(
+                fetch_closure, self.directories, digest, self.prefetch_limit
+            )
+            if closure is not None:
+                self._prefetched.update(closure)
+                return self._prefetched.pop(digest)
         return await run_blocking(self.directories.get, digest)
-
-    def _closure(self, digest: B3Digest) -> dict[B3Digest, Directory] | None:
-        found: dict[B3Digest, Directory] = {}
-        stream = self.directories.get_recursive(digest)
-        try:
-            for directory in stream:
-                found[directory.digest] = directory
-                if len(found) > self.prefetch_limit:
-                    return None
-        except Unavailable:
-            if not found:
-                raise  # no answer at all: a single Get would wait for the same silence
-            return None  # an answer, only not all of it in time: fetch singly
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
-        return found
 
     # -- directories -------------------------------------------------------------------------
 
@@ -307,57 +273,30 @@ class CastoreFilesystem:
         if not isinstance(data, FileInode):
             raise FsError(errno.EINVAL, "not a regular file")
         fh = next(self._handles)
-        self._files[fh] = _OpenFile(ino, data)
+        self._files[fh] = _OpenFile(ino, data, self.readers.open(data.digest, data.size))
         return fh
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
+        """A cached small file is answered here; anything else costs one worker thread hop."""
         handle = self._files.get(fh)
         if handle is None:
             raise FsError(errno.EBADF)
         if offset >= handle.data.size:
             return b""
-        # After a failed buffered read the kernel asks again at once, for the same offset: a
-        # server that has just timed out would make that second request wait out a second
-        # deadline for the same answer.
-        if handle.unavailable is not None:
-            failed_at, start, end, error = handle.unavailable
-            if trio.current_time() - failed_at < UNAVAILABLE_MEMO and start <= offset < end:
-                raise error
-            handle.unavailable = None
-        try:
-            return await self._read(handle, offset, size)
-        except Unavailable as exc:
-            handle.unavailable = (trio.current_time(), offset, offset + size, exc)
-            raise
-
-    async def _read(self, handle: _OpenFile, offset: int, size: int) -> bytes:
-        reader = handle.reader
-        if reader is None and handle.data.size <= SMALL_BLOB:
-            # Small blobs are read whole, so a cached one is answered without a thread hop.
-            cached = self.cache.peek(handle.data.digest)
-            if cached is not None:
-                self.prefetcher.after_read(handle.ino)
-                return cached[offset : offset + size]
-        if reader is None:
-            async with handle.lock:
-                if handle.reader is None:
-                    handle.reader = await run_blocking(
-                        functools.partial(open_reader, cache=self.cache),
-                        self.blobs,
-                        handle.data.digest,
-                        handle.data.size,
-                    )
-                reader = handle.reader
-        data = await run_blocking(reader.read_at, offset, size)
-        if handle.data.size <= SMALL_BLOB:
+        whole = self.readers.cached(handle.data.digest, handle.data.size)
+        if whole is not None:
+            data = whole[offset : offset + size]
+        else:
+            data = await run_blocking(handle.blob.read_at, offset, size)
+        if self.readers.is_small(handle.data.size):
             # Only now: fetching the neighbours first would make this read wait behind them.
             self.prefetcher.after_read(handle.ino)
         return data
 
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
-        if handle is not None and handle.reader is not None:
-            handle.reader.close()  # readers close without blocking
+        if handle is not None:
+            handle.blob.close()  # never blocks
 
     def readlink(self, ino: int) -> bytes:
         data = self.data(ino)
@@ -394,7 +333,6 @@ class CastoreFilesystem:
         for fh in list(self._dirs):
             self.releasedir(fh)
         for handle in self._files.values():
-            if handle.reader is not None:
-                handle.reader.close()
+            handle.blob.close()
         self._files.clear()
         self.prefetcher.close()

@@ -1,7 +1,7 @@
-"""The pyfuse3 adapter: turns kernel requests into calls on `CastoreFilesystem`.
+"""The pyfuse3 adapter: turns kernel requests into calls on the model, `CastoreFilesystem`.
 
 A protocol adapter only: what a castore looks like as a filesystem is decided in
-`filesystem.py`. Every handler goes through `fuse_errors`, because pyfuse3 lets only FUSEError
+`fs_model.py`. Every handler goes through `fuse_errors`, because pyfuse3 lets only FUSEError
 through and any other exception would end the mount.
 """
 
@@ -20,7 +20,7 @@ import pyfuse3
 import trio
 
 from .errno_map import errno_for
-from .filesystem import CastoreFilesystem
+from .fs_model import CastoreFilesystem
 from .inodes import ROOT_INODE, DirectoryInode, FileInode, InodeData, SymlinkInode
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,160 @@
+"""Where file contents come from: the one object the filesystem asks for a blob's bytes.
+
+`BlobReaders` owns every rule about reading a blob whose size a FileNode announces: the
+small-blob rule (fetched whole by its own digest, no Stat round trip), the memory and disk
+caches, verification (every byte returned has matched its digest, see `chunked_reader`), and
+for larger blobs the choice between one whole-blob stream and single chunk fetches (made by
+`ChunkedReader`). The filesystem keeps one `OpenBlob` per open file and calls nothing else.
+
+A read of a small blob that is already in memory is answered by `cached` without blocking, so
+the filesystem serves it on its event loop; anything else blocks, in exactly one call
+(`OpenBlob.read_at`), which the filesystem runs on one worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from .chunk_cache import ChunkCache
+from .chunked_reader import check_range, fetch_verified, open_blob
+from .digest import B3Digest
+from .errors import Unavailable
+from .services import BlobReader, BlobService, ChunkMeta
+
+log = logging.getLogger(__name__)
+
+SMALL_BLOB = 1 << 20
+"""Blobs up to this size are read whole with one Read by their own digest, without a Stat.
+
+Reading a blob by its digest returns all of its bytes however the server chunked it, so
+skipping Stat is always correct; below this size it is also always cheaper."""
+
+UNAVAILABLE_MEMO = 1.0
+"""Seconds for which a read that found the server unavailable answers a retry of the same
+range at once, with the same error: after a failed buffered read the kernel asks again at once,
+for the same offset, and a server that has just timed out would make that second request wait
+out a second deadline for the same answer."""
+
+
+class BlobReaders:
+    """Verified, cached reads of blobs whose size the caller knows (from a FileNode)."""
+
+    def __init__(
+        self,
+        service: BlobService,
+        cache: ChunkCache | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        self.service = service
+        self.cache = cache if cache is not None else ChunkCache()
+        self.timeout = timeout
+
+    @staticmethod
+    def is_small(size: int) -> bool:
+        return size <= SMALL_BLOB
+
+    def cached(self, digest: B3Digest, size: int) -> bytes | None:
+        """The whole of a small blob if it is in memory; never blocks."""
+        if size > SMALL_BLOB:
+            return None
+        return self.cache.peek(digest)
+
+    def has(self, digest: B3Digest) -> bool:
+        """Whether the blob (or chunk) is in memory, without counting it as a use."""
+        return digest in self.cache
+
+    def fetch_small(self, digest: B3Digest, size: int) -> bytes:
+        """A small blob whole, verified, through the caches (blocking)."""
+        meta = ChunkMeta(digest, size)
+        return self.cache.get(digest, lambda: self._fetch(meta, "blob"))
+
+    def open(self, digest: B3Digest, size: int) -> OpenBlob:
+        """A reader for one open file; costs nothing until its first read."""
+        return OpenBlob(self, digest, size)
+
+    def _fetch(self, meta: ChunkMeta, what: str) -> bytes:
+        return fetch_verified(self.service, meta, timeout=self.timeout, what=what)
+
+    def _reader(self, digest: B3Digest, size: int) -> BlobReader:
+        """The cheapest verified reader for the blob (blocking: a large blob is Stat'ed)."""
+        if self.is_small(size):
+            return _SmallBlob(self, digest, size)
+        return open_blob(
+            self.service,
+            digest,
+            size,
+            timeout=self.timeout,
+            fetch=lambda meta: self.cache.get(meta.digest, lambda: self._fetch(meta, "chunk")),
+            cache=self.cache,
+        )
+
+
+class _SmallBlob:
+    """A small blob read whole on each request, from the cache after the first."""
+
+    def __init__(self, readers: BlobReaders, digest: B3Digest, size: int) -> None:
+        self.size: int | None = size
+        self._readers = readers
+        self._digest = digest
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        check_range(offset, length)
+        if offset >= (self.size or 0) or length == 0:
+            return b""
+        assert self.size is not None
+        return self._readers.fetch_small(self._digest, self.size)[offset : offset + length]
+
+    def close(self) -> None:
+        pass
+
+
+class OpenBlob:
+    """The reader of one open file, made at its first read on the thread that serves it.
+
+    Opening a file therefore costs no round trip, and a cold read costs one blocking call.
+    Thread-safe: the kernel sends several reads of one file at once.
+    """
+
+    def __init__(self, readers: BlobReaders, digest: B3Digest, size: int) -> None:
+        self.digest = digest
+        self.size = size
+        self._readers = readers
+        self._lock = threading.Lock()
+        self._reader: BlobReader | None = None
+        self._closed = False
+        # (when, offset, end, error) of the last read that found the server unavailable.
+        self._unavailable: tuple[float, int, int, Unavailable] | None = None
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        failed = self._unavailable
+        if failed is not None:
+            failed_at, start, end, error = failed
+            if time.monotonic() - failed_at < UNAVAILABLE_MEMO and start <= offset < end:
+                raise error
+            self._unavailable = None
+        try:
+            with self._lock:
+                reader = self._reader
+                if reader is None:
+                    reader = self._readers._reader(self.digest, self.size)
+                    if self._closed:
+                        reader.close()
+                    else:
+                        self._reader = reader
+            return reader.read_at(offset, length)
+        except Unavailable as exc:
+            self._unavailable = (time.monotonic(), offset, offset + length, exc)
+            raise
+
+    def close(self) -> None:
+        """Never blocks (not even on a Stat in flight): a running stream is cancelled."""
+        self._closed = True
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+
+
+__all__ = ["SMALL_BLOB", "BlobReaders", "OpenBlob"]
