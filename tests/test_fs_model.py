@@ -148,6 +148,33 @@ async def test_read_and_readlink(memory_store: EmbeddedStore) -> None:
     assert fs.readlink(link) == b"a"
 
 
+async def test_cached_small_read_takes_no_thread_hop_and_a_cold_one_takes_one(
+    memory_store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from castore_fuse import fs_model
+
+    hops: list[object] = []
+    real = fs_model.run_blocking
+
+    async def counted(fn: Any, *args: object) -> Any:
+        hops.append(fn)
+        return await real(fn, *args)
+
+    monkeypatch.setattr(fs_model, "run_blocking", counted)
+    fs = build(memory_store)
+    ino, _ = await fs.lookup(ROOT_INODE, b"a")
+    hops.clear()
+    fh = await fs.open(ino)
+    assert await fs.read(fh, 0, 100) == fx.BLOB_A
+    assert len(hops) == 1  # cold: one hop, which also makes the reader
+    assert await fs.read(fh, 1, 100) == fx.BLOB_A[1:]
+    await fs.release(fh)
+    fh = await fs.open(ino)
+    assert await fs.read(fh, 0, 100) == fx.BLOB_A
+    await fs.release(fh)
+    assert len(hops) == 1  # cached: answered on the event loop
+
+
 async def test_missing_objects_surface_as_store_errors(memory_store: EmbeddedStore) -> None:
     fs = build(memory_store)
     nodir, _ = await fs.lookup(ROOT_INODE, b"nodir")
