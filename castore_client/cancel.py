@@ -4,8 +4,8 @@ The services block (they are called from worker threads), but the FUSE layer mus
 abandon a request: when a trio task is cancelled its worker thread should stop waiting on the
 network at once, not at the RPC's deadline. A `CancelScope` is bound to the calling thread
 while it runs a service method; the transport registers every call it starts with the current
-scope, and `CancelScope.cancel()` (from any thread) cancels them all. Without a scope, calls
-behave as before.
+scope (`castore_client.rpc.cancellation`), and `CancelScope.cancel()` (from any thread)
+cancels them all. Without a scope, a call runs until it ends or reaches its deadline.
 """
 
 from __future__ import annotations
@@ -50,14 +50,15 @@ class CancelScope:
         finally:
             _local.scope = previous
 
-    def _add(self, call: Cancellable) -> None:
+    def add(self, call: Cancellable) -> None:
+        """Cancel `call` with the scope; at once if the scope is already cancelled."""
         with self._lock:
             if self.cancelled:
                 call.cancel()
             else:
                 self._calls.add(call)
 
-    def _discard(self, call: Cancellable) -> None:
+    def discard(self, call: Cancellable) -> None:
         with self._lock:
             self._calls.discard(call)
 
@@ -73,11 +74,11 @@ def tracked(call: Cancellable) -> Iterator[None]:
     if scope is None:
         yield
         return
-    scope._add(call)
+    scope.add(call)
     try:
         yield
     finally:
-        scope._discard(call)
+        scope.discard(call)
 
 
 def check_cancelled() -> None:

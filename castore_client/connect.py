@@ -7,14 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-
 from .address import Address, parse_address
 from .directory import SizeFormula
-from .errors import InvalidAddress, Unavailable
+from .errors import InvalidAddress
 from .rpc.blob_client import GrpcBlobService
 from .rpc.directory_client import GrpcDirectoryService
-from .rpc.endpoint import Endpoint, Namespace, open_channel
+from .rpc.endpoint import Endpoint, open_endpoint
+from .rpc.namespace import Namespace
 from .rpc.pathinfo_client import GrpcPathInfoService
 from .services import Services
 from .stores import EmbeddedStore, open_embedded_store
@@ -112,23 +111,14 @@ def _open(config: ClientConfig, formula: SizeFormula) -> Services:
     for group in groups:
         first = group[0]
         if first.is_grpc and group not in endpoints:
-            endpoint = Endpoint([_channel(a, tls) for a in group], namespace)
+            try:
+                endpoint = open_endpoint(group, namespace, tls, connect_timeout=connect_timeout)
+            except BaseException:
+                for close in reversed(closers):
+                    close()
+                raise
             endpoints[group] = endpoint
             closers.append(endpoint.close)
-            if connect_timeout is not None:
-                shown = ",".join(str(a) for a in group)
-                try:
-                    try:
-                        endpoint.wait_ready(connect_timeout, shown)
-                    except Unavailable as exc:
-                        reason = _tls_failure(endpoint.channel) if first.uses_tls else None
-                        if reason is None:
-                            raise
-                        raise Unavailable(f"{exc}: {reason}") from None
-                except BaseException:
-                    for close in reversed(closers):
-                        close()
-                    raise
         elif not first.is_grpc and first not in embedded:
             store = open_embedded_store(first, formula)
             embedded[first] = store
@@ -165,48 +155,3 @@ def _group(address: str | Address) -> tuple[Address, ...]:
     if len(group) > 1 and not all(a.is_grpc for a in group):
         raise InvalidAddress(f"{address!r}: only gRPC servers can be listed together")
     return group
-
-
-def _channel(address: Address, tls: TlsOptions | None) -> grpc.Channel:
-    if tls is None or not address.uses_tls:
-        return open_channel(address)
-    return open_channel(
-        address,
-        root_certificates=tls.root_certificates,
-        private_key=tls.private_key,
-        certificate_chain=tls.certificate_chain,
-    )
-
-
-_PROBE = "/grpc.health.v1.Health/Check"
-
-
-def _tls_failure(channel: grpc.Channel, timeout: float = 5.0) -> str | None:
-    """Why a grpc+https channel that never became ready cannot connect, as gRPC last saw it.
-
-    One call without wait_for_ready fails at once with the channel's last connection error,
-    which names a TLS handshake failure (CERTIFICATE_VERIFY_FAILED, a wrong host name, ...)
-    where waiting for readiness only times out. Any answer at all means the connection works.
-    """
-    probe = channel.unary_unary(
-        _PROBE, request_serializer=_identity, response_deserializer=_identity
-    )
-    try:
-        probe(b"", timeout=timeout)
-    except grpc.RpcError as exc:
-        if not isinstance(exc, grpc.Call) or exc.code() is not grpc.StatusCode.UNAVAILABLE:
-            return None
-        details = exc.details() or ""
-        marker = "last error: "
-        reason = details.split(marker, 1)[1] if marker in details else details
-        reason = reason.removesuffix(": OK").strip()
-        if reason.endswith("Socket closed"):
-            # What a server that requires a client certificate does to a client without an
-            # acceptable one, after the handshake looked fine to the client.
-            reason += " (does the server require a client certificate? see --tls-cert)"
-        return reason or None
-    return None
-
-
-def _identity(data: bytes) -> bytes:
-    return data

@@ -10,7 +10,7 @@ import pytest
 
 from castore_client.address import Address, parse_address
 from castore_client.connect import open_services
-from castore_client.rpc.endpoint import Namespace
+from castore_client.rpc.namespace import Namespace
 from castore_client.rpc.server import CastoreServer
 from castore_client.services import Services
 from castore_client.stores import EmbeddedStore, open_memory_store

@@ -7,7 +7,9 @@ import time
 
 from castore_client.address import parse_address
 from castore_client.rpc.blob_client import GrpcBlobService
-from castore_client.rpc.endpoint import Endpoint, RetryPolicy, open_channel
+from castore_client.rpc.channel import open_channel
+from castore_client.rpc.endpoint import Endpoint
+from castore_client.rpc.retry import RetryPolicy
 from castore_client.rpc.server import CastoreServer
 from castore_client.stores import open_memory_store
 

@@ -24,7 +24,7 @@ import pytest
 from castore_client.address import parse_address
 from castore_client.digest import B3Digest
 from castore_client.directory import Directory, DirectoryNode, FileNode, SymlinkNode
-from castore_client.rpc.endpoint import Namespace
+from castore_client.rpc.namespace import Namespace
 from castore_client.rpc.server import CastoreServer
 from castore_client.services import Services
 from castore_client.stores import EmbeddedStore, open_memory_store

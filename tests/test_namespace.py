@@ -8,7 +8,7 @@ from castore_client.address import parse_address
 from castore_client.connect import open_services
 from castore_client.digest import B3Digest
 from castore_client.errors import Rejected
-from castore_client.rpc.endpoint import Namespace
+from castore_client.rpc.namespace import Namespace
 from castore_client.rpc.server import CastoreServer
 from castore_client.stores import EmbeddedStore
 

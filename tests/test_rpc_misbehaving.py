@@ -23,7 +23,8 @@ from castore_client.errors import (
 )
 from castore_client.rpc.blob_client import GrpcBlobService
 from castore_client.rpc.directory_client import GrpcDirectoryService
-from castore_client.rpc.endpoint import Endpoint, open_channel
+from castore_client.rpc.channel import open_channel
+from castore_client.rpc.endpoint import Endpoint
 from castore_client.services import ChunkMeta
 
 from . import fixtures as fx

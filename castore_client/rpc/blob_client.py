@@ -10,7 +10,8 @@ from ..errors import BlobNotFound, DigestMismatch, InvalidChunkList
 from ..pb import rpc_blobstore_pb2 as bpb
 from ..services import ChunkMeta
 from .blob_chunk import BlobChunkCodec
-from .endpoint import PUT_MESSAGE, Endpoint
+from .channel import PUT_MESSAGE
+from .endpoint import Endpoint
 from .status import translated
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,8 @@ from ..pb import rpc_pathinfo_pb2 as rppb
 from ..services import BlobService, DirectoryService, PathInfoService, Services
 from ..tls import InvalidTlsConfig, ServerTlsOptions
 from .blob_chunk import BlobChunkCodec
-from .endpoint import MAX_MESSAGE, Namespace, service_name
+from .channel import MAX_MESSAGE
+from .namespace import Namespace, service_name
 from .status import status_for
 
 log = logging.getLogger(__name__)
