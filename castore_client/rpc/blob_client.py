@@ -47,7 +47,9 @@ class GrpcBlobService:
             chunks.append(ChunkMeta(B3Digest(chunk.digest), chunk.size))
         return chunks
 
-    def read(self, digest: B3Digest, *, timeout: float | None = None) -> Iterator[bytes]:
+    def read(
+        self, digest: B3Digest, *, timeout: float | None = None
+    ) -> Iterator[bytes | memoryview]:
         request = bpb.ReadBlobRequest(digest=digest.raw)
         call = self.endpoint.server_stream(
             SERVICE, "Read", request, BlobChunkCodec, self._deadline(timeout), idempotent=True
@@ -86,7 +88,7 @@ class GrpcBlobService:
         return ours
 
 
-def _pieces(call: Iterator[bytes], digest: B3Digest) -> Iterator[bytes]:
+def _pieces(call: Iterator[bytes | memoryview], digest: B3Digest) -> Iterator[bytes | memoryview]:
     """Pass pieces on; closing the generator early cancels the stream on the server."""
     try:
         with translated(f"read blob {digest}", BlobNotFound):

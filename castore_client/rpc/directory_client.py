@@ -42,7 +42,7 @@ class GrpcDirectoryService:
         self, digest: B3Digest, recursive: bool, timeout: float | None
     ) -> Iterator[cpb.Directory]:
         request = dpb.GetDirectoryRequest(digest=digest.raw, recursive=recursive)
-        return self.endpoint.server_stream(  # type: ignore[no-any-return]
+        return self.endpoint.server_stream(
             SERVICE, "Get", request, cpb.Directory, self._deadline(timeout), idempotent=True
         )
 

@@ -9,7 +9,7 @@ translate it (`status.translated`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -24,6 +24,14 @@ from .namespace import Namespace, ResolvedNamespace, service_name
 from .retry import Budget, RetryPolicy
 
 Resp = TypeVar("Resp")
+Resp_co = TypeVar("Resp_co", covariant=True)
+
+
+class Decoder(Protocol[Resp_co]):
+    """A message class, or a codec standing in for one so that bulk data skips the protobuf
+    runtime (`blob_chunk.BlobChunkCodec`)."""
+
+    def FromString(self, data: bytes, /) -> Resp_co: ...
 
 
 class Endpoint:
@@ -86,7 +94,7 @@ class Endpoint:
         service: str,
         method: str,
         request: Any,
-        response_type: type[Resp],
+        response_type: Decoder[Resp],
         timeout: float | None,
         *,
         idempotent: bool = False,
@@ -111,7 +119,7 @@ class Endpoint:
         service: str,
         method: str,
         request: Any,
-        response_type: type[Resp],
+        response_type: Decoder[Resp],
         timeout: float | None,
         *,
         idempotent: bool = False,
@@ -142,7 +150,7 @@ class Endpoint:
         method: str,
         requests: Iterable[Any],
         request_type: type[Any],
-        response_type: type[Resp],
+        response_type: Decoder[Resp],
         timeout: float | None,
     ) -> Resp:
         """Send a request stream; an exception raised while producing it is re-raised here.
