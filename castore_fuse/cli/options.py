@@ -135,7 +135,7 @@ def open_client(config: ClientConfig) -> Services:
         message = str(exc)
         has_certificate = config.tls is not None and config.tls.certificate_chain is not None
         if "client certificate" in message and "--tls-cert" not in message and not has_certificate:
-            message += "; a client certificate is given with --tls-cert FILE --tls-key FILE"
+            message += "; give one with --tls-cert FILE --tls-key FILE"
         raise UsageError(message) from None
 
 
