@@ -9,6 +9,7 @@ errno in one place (`castore_fuse.errno_map`). Nothing outside `rpc/` ever sees 
     CastoreError
     ├── InvalidInput                  the caller's input is malformed (never retried)
     │   ├── InvalidDigest
+    │   ├── Nixbase32Error            (also importable from castore_client.nixbase32)
     │   ├── InvalidAddress
     │   ├── InvalidStorePath
     │   ├── InvalidPathInfo
@@ -26,13 +27,17 @@ errno in one place (`castore_fuse.errno_map`). Nothing outside `rpc/` ever sees 
     │   ├── DigestMismatch
     │   └── InvalidChunkList
     ├── ProtocolError                 a peer broke the protocol (bad message shape)
+    ├── NarOutOfOrder                 NarEncoder events in an order no NAR has (a RuntimeError)
+    ├── UnsupportedStoreVersion       a file store written by a newer castore
+    ├── ListenFailed                  a server cannot bind its address (an OSError)
     ├── Rejected                      the server refused a request (invalid argument, ...)
     └── Unavailable                   the service could not be reached or timed out
         ├── Cancelled                 the caller gave up on the call (not the server)
-        └── StoreClosed               an embedded store was used after close()
+        └── StoreClosed               an embedded store was used after close() (a RuntimeError)
 
 `InvalidInput` is also a `ValueError`, so callers that validate arguments the usual way
-catch it as such.
+catch it as such. The other builtin bases keep `except RuntimeError` / `except OSError`
+callers working: those are what these errors were before they joined the hierarchy.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ class InvalidInput(CastoreError, ValueError):
 
 class InvalidDigest(InvalidInput):
     pass
+
+
+class Nixbase32Error(InvalidInput):
+    """Text that is not the nixbase32 form of any byte string."""
 
 
 class InvalidAddress(InvalidInput):
@@ -158,6 +167,18 @@ class ProtocolError(CastoreError):
     """A peer sent something the protocol does not allow (wrong message shape or order)."""
 
 
+class NarOutOfOrder(CastoreError, RuntimeError):
+    """A NarEncoder was told of events out of order: a bug in the walk that drives it."""
+
+
+class UnsupportedStoreVersion(CastoreError):
+    """A file store's schema is newer than this program knows; it is left untouched."""
+
+
+class ListenFailed(CastoreError, OSError):
+    """A server cannot bind its listen address (in use, not available, or not permitted)."""
+
+
 class Rejected(CastoreError):
     """The server answered with an error status that says the request itself was refused."""
 
@@ -170,5 +191,5 @@ class Cancelled(Unavailable):
     """The call was cancelled by its caller (not by the server)."""
 
 
-class StoreClosed(Unavailable):
+class StoreClosed(Unavailable, RuntimeError):
     """An embedded store was used after it was closed."""

@@ -5,8 +5,9 @@ names the store path), hashes each file's blob, and queues the blob for uploader
 Small files wait in memory; a large file is read a second time only if the store does not
 have its blob yet, so the NAR is computed in a single pass and unchanged content is never
 sent twice. Uploads start once the walk is done (or once 256 MiB are queued): if the store
-already has the resulting store path, nothing at all is sent or even asked about. The PathInfo is registered last: a failed import leaves only unreferenced
-blobs and directories behind, never a half-registered store path.
+already has the resulting store path, nothing at all is sent or even asked about. The
+PathInfo is registered last: a failed import leaves only unreferenced blobs and directories
+behind, never a half-registered store path.
 """
 
 from __future__ import annotations
@@ -159,9 +160,12 @@ class _Uploader:
 
 def _read_again(path: bytes, digest: B3Digest, size: int):  # type: ignore[no-untyped-def]
     """A large file's pieces for upload; the digest check after Put catches any change."""
-    with open(path, "rb") as f:
-        while piece := f.read(READ_PIECE):
-            yield piece
+    try:
+        with open(path, "rb") as f:
+            while piece := f.read(READ_PIECE):
+                yield piece
+    except OSError as exc:
+        raise ImportFailed(f"{_show(path)}: {exc.strerror}") from None
 
 
 def import_path(

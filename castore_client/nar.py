@@ -27,7 +27,7 @@ from .directory import (
     validate_name,
     validate_symlink_target,
 )
-from .errors import CorruptData, InvalidInput, UnsortedNames
+from .errors import CorruptData, InvalidInput, NarOutOfOrder, UnsortedNames
 
 NAR_MAGIC = b"nix-archive-1"
 LOCAL_READ_SIZE = 1 << 20
@@ -71,7 +71,7 @@ class NarEncoder:
     Each method returns the bytes that event contributes (the caller streams or hashes them).
     A regular file is `regular(size)`, then `data()` for its pieces, then `end_regular()`; a
     directory is `begin_directory()`, then for each child `entry(name)` followed by the child's
-    events, then `end_directory()`. Calls out of this order raise RuntimeError; names out of
+    events, then `end_directory()`. Calls out of this order raise NarOutOfOrder; names out of
     order raise UnsortedNames; contents that disagree with `size` raise CorruptData.
     """
 
@@ -90,14 +90,14 @@ class NarEncoder:
     def regular(self, size: int, executable: bool = False) -> bytes:
         prefix = self._begin_node("regular")
         if not 0 <= size < 1 << 64:
-            raise ValueError(f"{self._where()}: file size {size} is not a u64")
+            raise InvalidInput(f"{self._where()}: file size {size} is not a u64")
         self._remaining = self._declared = size
         head = _REGULAR + (_EXECUTABLE if executable else b"") + _CONTENTS
         return prefix + head + size.to_bytes(8, "little")
 
     def data(self, piece: bytes) -> bytes:
         if self._remaining is None:
-            raise RuntimeError("data() outside a regular file")
+            raise NarOutOfOrder("data() outside a regular file")
         if len(piece) > self._remaining:
             raise CorruptData(
                 f"{self._where()}: contents exceed the announced {self._declared} bytes"
@@ -107,7 +107,7 @@ class NarEncoder:
 
     def end_regular(self) -> bytes:
         if self._remaining is None:
-            raise RuntimeError("end_regular() outside a regular file")
+            raise NarOutOfOrder("end_regular() outside a regular file")
         if self._remaining:
             got = self._declared - self._remaining
             raise CorruptData(
@@ -128,7 +128,7 @@ class NarEncoder:
 
     def entry(self, name: bytes) -> bytes:
         if not self._frames or self._expect_node or self._remaining is not None:
-            raise RuntimeError("entry() only directly inside a directory")
+            raise NarOutOfOrder("entry() only directly inside a directory")
         frame = self._frames[-1]
         validate_name(name)
         if frame.last_name is not None and name <= frame.last_name:
@@ -142,13 +142,13 @@ class NarEncoder:
 
     def end_directory(self) -> bytes:
         if not self._frames or self._expect_node or self._remaining is not None:
-            raise RuntimeError("end_directory() without an open directory")
+            raise NarOutOfOrder("end_directory() without an open directory")
         self._frames.pop()
         return self._end_node()
 
     def _begin_node(self, kind: str) -> bytes:
         if not self._expect_node or self._remaining is not None:
-            raise RuntimeError(f"a {kind} node is not expected here")
+            raise NarOutOfOrder(f"a {kind} node is not expected here")
         self._expect_node = False
         if self._started:
             return b""
@@ -204,7 +204,7 @@ class NarHasher(NarEncoder):
     def finish(self) -> tuple[int, bytes]:
         """The NAR's size and SHA-256; only once the root node is complete."""
         if not self.done:
-            raise RuntimeError("the NAR is not complete yet")
+            raise NarOutOfOrder("the NAR is not complete yet")
         return self._size, self._sha256.digest()
 
     def _absorb(self, out: bytes) -> bytes:
@@ -247,7 +247,7 @@ def _castore_node(
         yield encoder.begin_directory()
         stack.append(get_directory(node.digest).entries())
     else:
-        raise TypeError(f"not a castore node: {node!r}")
+        raise InvalidInput(f"not a castore node: {node!r}")
 
 
 def nar_size_and_sha256(

@@ -8,18 +8,18 @@ lenient decoder would let two different store-path strings name the same digest.
 
 from __future__ import annotations
 
+from .errors import InvalidInput, Nixbase32Error
+
+__all__ = ["ALPHABET", "Nixbase32Error", "decode", "decoded_len", "encode", "encoded_len"]
+
 ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
 _VALUES = {char: value for value, char in enumerate(ALPHABET)}
-
-
-class Nixbase32Error(ValueError):
-    """Text that is not the nixbase32 form of any byte string."""
 
 
 def encoded_len(n: int) -> int:
     """Characters needed for `n` bytes: ceil(8n / 5)."""
     if n < 0:
-        raise ValueError(f"a byte length cannot be negative, got {n}")
+        raise InvalidInput(f"a byte length cannot be negative, got {n}")
     return (8 * n + 4) // 5
 
 

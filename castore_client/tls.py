@@ -19,7 +19,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from .errors import InvalidTlsConfig
+from .errors import InvalidInput, InvalidTlsConfig
 
 _PEM_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----",
@@ -79,7 +79,7 @@ def read_pem(path: str | os.PathLike[str], kind: str, what: str | None = None) -
                 f"{label}: the private key is encrypted; gRPC needs an unencrypted PEM key"
             )
     else:
-        raise ValueError(f"unknown PEM kind {kind!r}")
+        raise InvalidInput(f"unknown PEM kind {kind!r}")
     if not wanted:
         found = f" (it holds {', '.join(sorted(set(labels)))})" if labels else ""
         raise InvalidTlsConfig(f"{label}: not a PEM {kind} file{found}")
