@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from castore_client.chunk_cache import ChunkCache
     from castore_client.connect import ClientConfig
     from castore_client.digest import B3Digest
-    from castore_client.rpc.endpoint import Namespace
+    from castore_client.rpc.namespace import Namespace
     from castore_client.services import Services
 
     from ..fs_model import CastoreFilesystem
@@ -108,7 +108,7 @@ def _filesystem(
 ) -> CastoreFilesystem:
     """The filesystem model the options ask for, over the opened services."""
     from castore_client.blob_readers import BlobReaders
-    from castore_client.rpc.endpoint import Namespace
+    from castore_client.rpc.namespace import Namespace
 
     from ..fs_model import CastoreFilesystem
     from ..root_nodes import DirectoryRootNodes, PathInfoRootNodes, RootNodes

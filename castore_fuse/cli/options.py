@@ -110,7 +110,7 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
 def client_config(args: argparse.Namespace) -> ClientConfig:
     """The store the command talks to, from its flags and the environment."""
     from castore_client.connect import ClientConfig
-    from castore_client.rpc.endpoint import Namespace
+    from castore_client.rpc.namespace import Namespace
 
     blobs, directories, path_infos = _service_addresses(args)
     tls = _client_tls(args, (blobs, directories, path_infos))
