@@ -19,7 +19,14 @@ from .directory import (
     SymlinkNode,
     validate_symlink_target,
 )
-from .errors import DirectoryValidationError, InvalidPathInfo, InvalidStorePath
+from .errors import (
+    CastoreError,
+    DirectoryValidationError,
+    InvalidPathInfo,
+    InvalidStorePath,
+    PathInfoNotFound,
+    ProtocolError,
+)
 from .storepath import DIGEST_SIZE, StorePath
 
 NAR_SHA256_SIZE = 32
@@ -92,6 +99,25 @@ class PathInfo:
         if self.node is None:
             raise InvalidPathInfo("root node is missing")
         _validate_root_node(self.node)
+
+
+def expect_store_path(path_info: PathInfo, store_path: StorePath) -> PathInfo:
+    """`path_info`, found under the hash of `store_path`, if it is named exactly `store_path`.
+
+    A lookup can only ask by hash, and two paths may share a hash part while their names
+    differ; every `PathInfoService.get` applies this after `get_by_hash`, so that a path whose
+    name differs reads as absent. A PathInfo that names no store path at all cannot have been
+    stored by a valid Put, so it is the peer's fault (ProtocolError).
+    """
+    try:
+        found = path_info.store_path
+    except CastoreError as exc:
+        raise ProtocolError(
+            f"{store_path}: the PathInfo under that hash names no store path: {exc}"
+        ) from None
+    if found != store_path:
+        raise PathInfoNotFound(f"{store_path}: the store has {found} under that hash")
+    return path_info
 
 
 def _validate_narinfo(narinfo: NarInfo) -> None:

@@ -1,7 +1,8 @@
 """The service interfaces, as the filesystem and the CLI see them.
 
-Each has a gRPC client implementation (`castore_client.grpc`) and embedded ones
-(`castore_client.stores`), so nothing above this layer knows which it talks to. The methods
+Each has a gRPC client implementation (`castore_client.rpc`) and embedded ones
+(`castore_client.stores`), so nothing above this layer knows which it talks to; `Services`
+holds one of each, whichever they are. The methods
 block; the FUSE layer calls them from worker threads through its trio bridge. Every method that
 talks to a server takes an optional `timeout` in seconds (None: the implementation's default).
 
@@ -107,7 +108,12 @@ class PathInfoService(Protocol):
 
 @dataclass
 class Services:
-    """The three services a mount, an import or a server works with, wherever they live."""
+    """The three services a mount, an import or a server works with, wherever they live.
+
+    `connect.open_services` and the embedded stores both return one. `closers` release what
+    the services share (channels, a store's database), last opened first; `close` runs each
+    once, so closing twice is harmless.
+    """
 
     blobs: BlobService
     directories: DirectoryService

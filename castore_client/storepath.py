@@ -19,6 +19,7 @@ from .errors import InvalidStorePath
 
 STORE_DIR = "/nix/store"
 DIGEST_SIZE = 20
+"""Bytes in a store path's hash part: what GetPathInfoRequest.by_output_hash must hold."""
 ENCODED_DIGEST_LEN = nixbase32.encoded_len(DIGEST_SIZE)
 MAX_NAME_LEN = 211
 SHA256_SIZE = 32
@@ -119,6 +120,20 @@ def validate_name(name: str) -> None:
             f"store-path name {name!r} is not allowed ('.' and '..' may not be its first "
             "dash-separated component)"
         )
+
+
+def check_store_hash(digest: bytes) -> bytes:
+    """The hash part of a store path as bytes; a wrong type or length is the caller's error.
+
+    The wire protocol looks path infos up by this hash alone, so every store and the server
+    apply this one check before they look.
+    """
+    if not isinstance(digest, bytes | bytearray | memoryview):
+        raise InvalidStorePath(f"a store path hash is bytes, got {type(digest).__name__}")
+    raw = bytes(digest)
+    if len(raw) != DIGEST_SIZE:
+        raise InvalidStorePath(f"a store path hash is {DIGEST_SIZE} bytes, got {len(raw)}")
+    return raw
 
 
 def compress_hash(digest: bytes, size: int) -> bytes:

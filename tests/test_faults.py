@@ -28,8 +28,9 @@ from castore_client.directory import (
     SymlinkNode,
     validate_name,
 )
+from castore_client.services import Services
 from castore_client.storepath import StorePath
-from castore_client.stores import EmbeddedStore, open_memory_store
+from castore_client.stores import open_memory_store
 
 from . import fixtures as fx
 from .faulty_server import BAD_CHUNK_LISTS, Faults, FaultyServer, bad_chunk_list, wait_served
@@ -81,7 +82,7 @@ def _fuse_available() -> None:
 
 
 @pytest.fixture(scope="module")
-def store() -> Iterator[EmbeddedStore]:
+def store() -> Iterator[Services]:
     with open_memory_store() as s:
         populate_fixtures(s)
         populate_extras(s)
@@ -89,9 +90,7 @@ def store() -> Iterator[EmbeddedStore]:
 
 
 @pytest.fixture(scope="module")
-def server(
-    store: EmbeddedStore, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FaultyServer]:
+def server(store: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultyServer]:
     with FaultyServer(store, unix_listen_address(tmp_path_factory)) as srv:
         yield srv
 
@@ -192,7 +191,7 @@ BLOB_FAULTS: dict[str, tuple[str, B3Digest, Callable[[Faults, B3Digest], None], 
 
 @pytest.mark.parametrize("case", sorted(BLOB_FAULTS))
 def test_blob_fault_is_eio_and_not_cached(
-    mount: Mount, faults: Faults, store: EmbeddedStore, case: str
+    mount: Mount, faults: Faults, store: Services, case: str
 ) -> None:
     name, digest, switch_on, counter = BLOB_FAULTS[case]
     path = mount.path / name
@@ -248,7 +247,7 @@ CHUNK_FAULTS: dict[str, tuple[Callable[[Faults, B3Digest], None], str]] = {
 
 @pytest.mark.parametrize("case", sorted(CHUNK_FAULTS))
 def test_chunk_fault_is_eio_for_that_chunk_only(
-    mount: Mount, faults: Faults, store: EmbeddedStore, case: str
+    mount: Mount, faults: Faults, store: Services, case: str
 ) -> None:
     switch_on, counter = CHUNK_FAULTS[case]
     chunks = store.blobs.stat(RANDOM)
@@ -280,7 +279,7 @@ def test_chunk_fault_is_eio_for_that_chunk_only(
 
 
 def test_disk_cache_holds_only_verified_chunks(
-    server: FaultyServer, faults: Faults, store: EmbeddedStore, tmp_path: pathlib.Path
+    server: FaultyServer, faults: Faults, store: Services, tmp_path: pathlib.Path
 ) -> None:
     """With --cache-dir, whatever failed verification never reaches the disk: every cached
     file hashes to its name, and a later mount sharing the cache reads everything right."""
@@ -312,7 +311,7 @@ def test_disk_cache_holds_only_verified_chunks(
 
 @pytest.mark.parametrize("kind", BAD_CHUNK_LISTS)
 def test_chunk_list_that_does_not_add_up_is_eio(
-    mount: Mount, faults: Faults, store: EmbeddedStore, kind: str
+    mount: Mount, faults: Faults, store: Services, kind: str
 ) -> None:
     chunks = store.blobs.stat(RANDOM)
     faults.chunk_list(RANDOM, bad_chunk_list(chunks, kind))
@@ -345,7 +344,7 @@ def test_chunk_list_that_does_not_add_up_is_eio(
 
 
 def test_mismatching_directory_is_eio_and_not_cached(
-    mount: Mount, faults: Faults, store: EmbeddedStore
+    mount: Mount, faults: Faults, store: Services
 ) -> None:
     """The server answers with a valid directory, but not the one asked for."""
     other = store.directories.get(B3Digest(fx.WITH_KEEP_DIGEST))
@@ -580,7 +579,7 @@ def test_stall_is_eio_after_the_deadline_and_blocks_nothing_else(
 
 
 def test_server_gone_is_eio_and_its_return_is_noticed(
-    store: EmbeddedStore,
+    store: Services,
     tmp_path: pathlib.Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:

@@ -14,7 +14,7 @@ from castore_client.blob_readers import BlobReaders
 from castore_client.digest import B3Digest
 from castore_client.directory import Directory, DirectoryNode, FileNode, SymlinkNode
 from castore_client.errors import BlobNotFound, DirectoryNotFound
-from castore_client.stores import EmbeddedStore
+from castore_client.services import Services
 from castore_fuse.fs_model import CastoreFilesystem, Entry, FsError
 from castore_fuse.fuse_operations import CastoreOperations
 from castore_fuse.inodes import ROOT_INODE, DirectoryInode, FileInode, SymlinkInode
@@ -33,7 +33,7 @@ COMPLICATED = Directory.of(
 )
 
 
-def build(store: EmbeddedStore, **kwargs: Any) -> CastoreFilesystem:
+def build(store: Services, **kwargs: Any) -> CastoreFilesystem:
     store.blobs.put([b""])
     a = store.blobs.put([fx.BLOB_A])
     store.directories.put([KEEP, COMPLICATED])
@@ -61,7 +61,7 @@ async def listing(fs: CastoreFilesystem, ino: int, start: int = 0) -> list[Entry
         fs.releasedir(fh)
 
 
-async def test_lookup_in_root_and_below(memory_store: EmbeddedStore) -> None:
+async def test_lookup_in_root_and_below(memory_store: Services) -> None:
     fs = build(memory_store)
     ino, data = await fs.lookup(ROOT_INODE, b"dir")
     assert isinstance(data, DirectoryInode) and not data.populated
@@ -77,7 +77,7 @@ async def test_lookup_in_root_and_below(memory_store: EmbeddedStore) -> None:
     assert info.value.errno == errno.ENOENT
 
 
-async def test_identical_content_shares_inodes(memory_store: EmbeddedStore) -> None:
+async def test_identical_content_shares_inodes(memory_store: Services) -> None:
     fs = build(memory_store)
     dir_ino, _ = await fs.lookup(ROOT_INODE, b"dir")
     nested_keep, _ = await fs.lookup(dir_ino, b"keep")
@@ -89,7 +89,7 @@ async def test_identical_content_shares_inodes(memory_store: EmbeddedStore) -> N
     assert (await fs.lookup(ROOT_INODE, b"a"))[0] != (await fs.lookup(ROOT_INODE, b"a-exec"))[0]
 
 
-async def test_readdir_order_and_resume(memory_store: EmbeddedStore) -> None:
+async def test_readdir_order_and_resume(memory_store: Services) -> None:
     fs = build(memory_store)
     ino, _ = await fs.lookup(ROOT_INODE, b"dir")
     entries = await listing(fs, ino)
@@ -100,13 +100,13 @@ async def test_readdir_order_and_resume(memory_store: EmbeddedStore) -> None:
     assert await listing(fs, ino, start=3) == []
 
 
-async def test_root_listing_is_refused_unless_enabled(memory_store: EmbeddedStore) -> None:
+async def test_root_listing_is_refused_unless_enabled(memory_store: Services) -> None:
     with pytest.raises(FsError) as info:
         await build(memory_store).opendir(ROOT_INODE)
     assert info.value.errno == errno.EPERM
 
 
-async def test_root_listing_streams_and_resumes(memory_store: EmbeddedStore) -> None:
+async def test_root_listing_streams_and_resumes(memory_store: Services) -> None:
     fs = build(memory_store, list_root=True)
     names = sorted(
         [b"a", b"a2", b"a-exec", b"dir", b"keep", b"link", b"link2", b"nodir", b"noblob"]
@@ -128,7 +128,7 @@ async def test_root_listing_streams_and_resumes(memory_store: EmbeddedStore) -> 
     assert [e.name for e in got] == names
 
 
-async def test_root_listing_rewinds(memory_store: EmbeddedStore) -> None:
+async def test_root_listing_rewinds(memory_store: Services) -> None:
     fs = build(memory_store, list_root=True)
     fh = await fs.opendir(ROOT_INODE)
     first = [e.name async for e in fs.readdir(fh, 0)]
@@ -137,7 +137,7 @@ async def test_root_listing_rewinds(memory_store: EmbeddedStore) -> None:
     assert first == again and len(first) == 9
 
 
-async def test_read_and_readlink(memory_store: EmbeddedStore) -> None:
+async def test_read_and_readlink(memory_store: Services) -> None:
     fs = build(memory_store)
     ino, _ = await fs.lookup(ROOT_INODE, b"a")
     fh = await fs.open(ino)
@@ -149,7 +149,7 @@ async def test_read_and_readlink(memory_store: EmbeddedStore) -> None:
 
 
 async def test_cached_small_read_takes_no_thread_hop_and_a_cold_one_takes_one(
-    memory_store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch
+    memory_store: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from castore_fuse import fs_model
 
@@ -175,7 +175,7 @@ async def test_cached_small_read_takes_no_thread_hop_and_a_cold_one_takes_one(
     assert len(hops) == 1  # cached: answered on the event loop
 
 
-async def test_missing_objects_surface_as_store_errors(memory_store: EmbeddedStore) -> None:
+async def test_missing_objects_surface_as_store_errors(memory_store: Services) -> None:
     fs = build(memory_store)
     nodir, _ = await fs.lookup(ROOT_INODE, b"nodir")
     with pytest.raises(DirectoryNotFound):
@@ -186,7 +186,7 @@ async def test_missing_objects_surface_as_store_errors(memory_store: EmbeddedSto
         await fs.read(fh, 0, 10)
 
 
-async def test_xattrs(memory_store: EmbeddedStore) -> None:
+async def test_xattrs(memory_store: Services) -> None:
     fs = build(memory_store, show_xattr=True)
     d, _ = await fs.lookup(ROOT_INODE, b"dir")
     assert fs.listxattr(d) == [b"user.tvix.castore.directory.digest"]
@@ -202,13 +202,13 @@ async def test_xattrs(memory_store: EmbeddedStore) -> None:
     assert info.value.errno == errno.ENOSYS
 
 
-async def test_snix_xattr_names(memory_store: EmbeddedStore) -> None:
+async def test_snix_xattr_names(memory_store: Services) -> None:
     fs = build(memory_store, show_xattr=True, xattr_namespace="snix")
     f, _ = await fs.lookup(ROOT_INODE, b"a")
     assert fs.listxattr(f) == [b"user.snix.castore.blob.digest"]
 
 
-async def test_adapter_attributes(memory_store: EmbeddedStore) -> None:
+async def test_adapter_attributes(memory_store: Services) -> None:
     fs = build(memory_store)
     ops = CastoreOperations(fs)
     cases = {
@@ -223,7 +223,7 @@ async def test_adapter_attributes(memory_store: EmbeddedStore) -> None:
         assert attr.st_mtime_ns == attr.st_ctime_ns == attr.st_atime_ns == 0
 
 
-async def test_adapter_maps_errors_and_survives(memory_store: EmbeddedStore) -> None:
+async def test_adapter_maps_errors_and_survives(memory_store: Services) -> None:
     import pyfuse3
 
     fs = build(memory_store)
@@ -241,7 +241,7 @@ async def test_adapter_maps_errors_and_survives(memory_store: EmbeddedStore) -> 
     assert (await ops.lookup(ROOT_INODE, b"a")).st_size == len(fx.BLOB_A)
 
 
-async def test_concurrent_lookups_fetch_a_directory_once(memory_store: EmbeddedStore) -> None:
+async def test_concurrent_lookups_fetch_a_directory_once(memory_store: Services) -> None:
     calls = 0
     real_get = memory_store.directories.get
     real_get_recursive = memory_store.directories.get_recursive
@@ -266,7 +266,7 @@ async def test_concurrent_lookups_fetch_a_directory_once(memory_store: EmbeddedS
     assert calls == 1
 
 
-async def test_a_root_directory_prefetches_its_closure(memory_store: EmbeddedStore) -> None:
+async def test_a_root_directory_prefetches_its_closure(memory_store: Services) -> None:
     fs = build(memory_store)
     fetched = []
     real_get = memory_store.directories.get
@@ -282,7 +282,7 @@ async def test_a_root_directory_prefetches_its_closure(memory_store: EmbeddedSto
     assert fetched == []  # both came with the one recursive Get
 
 
-async def test_a_broken_closure_falls_back_to_single_gets(memory_store: EmbeddedStore) -> None:
+async def test_a_broken_closure_falls_back_to_single_gets(memory_store: Services) -> None:
     fs = build(memory_store)
     # A closure whose child is missing (stored behind the store's back, since a Put would
     # refuse it): the parent still lists, only the child is an error.

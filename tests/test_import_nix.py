@@ -34,7 +34,6 @@ from castore_client.pathinfo import ContentAddress, HashType
 from castore_client.rpc.server import CastoreServer
 from castore_client.services import BlobService, Services
 from castore_client.storepath import StorePath
-from castore_client.stores import EmbeddedStore
 
 from .conftest import listen_address, require_tool
 from .fuse_harness import REPO_ROOT, mounted, require_fuse
@@ -101,13 +100,13 @@ class CountingBlobService:
 
 
 @pytest.fixture
-def counting_blobs(memory_store: EmbeddedStore) -> CountingBlobService:
+def counting_blobs(memory_store: Services) -> CountingBlobService:
     return CountingBlobService(memory_store.blobs)
 
 
 @pytest.fixture
 def unix_server(
-    memory_store: EmbeddedStore,
+    memory_store: Services,
     counting_blobs: CountingBlobService,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[CastoreServer]:

@@ -6,15 +6,22 @@ import pytest
 
 from castore_client.digest import B3Digest
 from castore_client.directory import DirectoryNode, FileNode, SymlinkNode
-from castore_client.errors import InvalidInput, InvalidPathInfo
+from castore_client.errors import (
+    InvalidInput,
+    InvalidPathInfo,
+    InvalidStorePath,
+    PathInfoNotFound,
+    ProtocolError,
+)
 from castore_client.pathinfo import (
     ContentAddress,
     HashType,
     NarInfo,
     PathInfo,
     Signature,
+    expect_store_path,
 )
-from castore_client.storepath import StorePath
+from castore_client.storepath import DIGEST_SIZE, StorePath, check_store_hash
 
 # The hash part is `nix-hash --type sha1 --to-base32` of the digest (see test_nixbase32).
 REF_NAME = "00bgd045z0d4icpbc2yyz4gx48ak44la-net-tools-1.60_p20170221182432"
@@ -169,6 +176,33 @@ def test_invalid_path_info_is_invalid_input() -> None:
 def test_store_path_without_node() -> None:
     with pytest.raises(InvalidPathInfo):
         _ = PathInfo(None).store_path
+
+
+def test_expect_store_path_wants_hash_and_name() -> None:
+    info = valid_info()
+    wanted = StorePath.from_bytes_name(ROOT_NAME)
+    assert expect_store_path(info, wanted) is info
+    with pytest.raises(PathInfoNotFound, match="under that hash"):
+        expect_store_path(info, StorePath(wanted.digest, "hello2"))
+    with pytest.raises(PathInfoNotFound):
+        expect_store_path(info, StorePath(OTHER_DIGEST, "hello"))
+
+
+@pytest.mark.parametrize(
+    "misnamed",
+    [PathInfo(None), PathInfo(node=SymlinkNode(b"not-a-store-path", b"x"))],
+    ids=["no node", "bad name"],
+)
+def test_expect_store_path_blames_the_peer_for_a_nameless_path_info(misnamed: PathInfo) -> None:
+    with pytest.raises(ProtocolError, match="names no store path"):
+        expect_store_path(misnamed, StorePath.from_bytes_name(ROOT_NAME))
+
+
+def test_check_store_hash() -> None:
+    assert check_store_hash(bytearray(DIGEST_SIZE)) == bytes(DIGEST_SIZE)
+    for bad in (bytes(DIGEST_SIZE - 1), bytes(DIGEST_SIZE + 1), "0" * DIGEST_SIZE):
+        with pytest.raises(InvalidStorePath):
+            check_store_hash(bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ from castore_client.blob_readers import BlobReaders
 from castore_client.chunk_cache import ChunkCache
 from castore_client.digest import B3Digest
 from castore_client.directory import DirectoryNode, FileNode
-from castore_client.stores import EmbeddedStore, open_memory_store
+from castore_client.services import Services
+from castore_client.stores import open_memory_store
 from castore_fuse.inodes import Child
 from castore_fuse.prefetch import SiblingPrefetcher
 
@@ -20,7 +21,7 @@ WINDOW = 4
 
 @pytest.fixture
 def listing() -> Iterator[tuple[SiblingPrefetcher, ChunkCache, list[Child]]]:
-    store: EmbeddedStore = open_memory_store()
+    store: Services = open_memory_store()
     children = []
     for n in range(FILES):
         content = b"file %d " % n * 50

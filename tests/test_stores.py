@@ -53,9 +53,9 @@ from castore_client.errors import (
     UnsortedNames,
 )
 from castore_client.pathinfo import NarInfo, PathInfo
+from castore_client.services import Services
 from castore_client.storepath import StorePath
 from castore_client.stores import (
-    EmbeddedStore,
     FileBlobService,
     FileDirectoryService,
     FilePathInfoService,
@@ -126,9 +126,9 @@ class Stores:
     def __init__(self, kind: str, path: Path) -> None:
         self.kind = kind
         self.path = path
-        self.opened: list[EmbeddedStore] = []
+        self.opened: list[Services] = []
 
-    def open(self, formula: SizeFormula = SizeFormula.CURRENT) -> EmbeddedStore:
+    def open(self, formula: SizeFormula = SizeFormula.CURRENT) -> Services:
         store = (
             open_memory_store(formula)
             if self.kind == "memory"
@@ -137,7 +137,7 @@ class Stores:
         self.opened.append(store)
         return store
 
-    def drop_directory(self, store: EmbeddedStore, digest: B3Digest) -> None:
+    def drop_directory(self, store: Services, digest: B3Digest) -> None:
         """Simulate a store that lost a directory (no public API can do that)."""
         if self.kind == "memory":
             assert isinstance(store.directories, MemoryDirectoryService)
@@ -160,11 +160,11 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
 
 
 @pytest.fixture
-def store(stores: Stores) -> EmbeddedStore:
+def store(stores: Stores) -> Services:
     return stores.open()
 
 
-def read_all(store: EmbeddedStore, digest: B3Digest) -> bytes:
+def read_all(store: Services, digest: B3Digest) -> bytes:
     pieces = list(store.blobs.read(digest))
     assert all(0 < len(p) <= 1 * MIB for p in pieces)
     return b"".join(pieces)
@@ -196,14 +196,14 @@ def test_signatures_match_protocol(protocol: type, implementations: tuple[type, 
 # --- blobs -------------------------------------------------------------------------------------
 
 
-def test_small_blob_is_stored_whole(store: EmbeddedStore) -> None:
+def test_small_blob_is_stored_whole(store: Services) -> None:
     digest = store.blobs.put([BLOB_A], timeout=5.0)
     assert digest == b3(BLOB_A)
     assert store.blobs.stat(digest, timeout=5.0) == []
     assert read_all(store, digest) == BLOB_A
 
 
-def test_large_blob_is_chunked_like_a_real_server(store: EmbeddedStore) -> None:
+def test_large_blob_is_chunked_like_a_real_server(store: Services) -> None:
     digest = store.blobs.put([BLOB_B])
     assert digest == b3(BLOB_B)
     expected = fastcdc_chunks(BLOB_B)
@@ -213,7 +213,7 @@ def test_large_blob_is_chunked_like_a_real_server(store: EmbeddedStore) -> None:
     assert read_all(store, digest) == BLOB_B
 
 
-def test_chunk_digests_are_readable_blobs(store: EmbeddedStore) -> None:
+def test_chunk_digests_are_readable_blobs(store: Services) -> None:
     store.blobs.put([BLOB_B])
     offset = 0
     for meta in fastcdc_chunks(BLOB_B):
@@ -224,7 +224,7 @@ def test_chunk_digests_are_readable_blobs(store: EmbeddedStore) -> None:
         offset += meta.size
 
 
-def test_empty_blob(store: EmbeddedStore) -> None:
+def test_empty_blob(store: Services) -> None:
     with pytest.raises(BlobNotFound):
         store.blobs.stat(EMPTY_DIGEST)
     assert store.blobs.put([]) == EMPTY_DIGEST
@@ -234,7 +234,7 @@ def test_empty_blob(store: EmbeddedStore) -> None:
     assert open_blob(store.blobs, EMPTY_DIGEST, 0).read_at(0, 10) == b""
 
 
-def test_unknown_blob(store: EmbeddedStore) -> None:
+def test_unknown_blob(store: Services) -> None:
     unknown = b3(b"not stored")
     with pytest.raises(BlobNotFound):
         store.blobs.stat(unknown)
@@ -244,7 +244,7 @@ def test_unknown_blob(store: EmbeddedStore) -> None:
         open_blob(store.blobs, unknown).read_at(0, 1)
 
 
-def test_pieces_do_not_change_the_result(store: EmbeddedStore) -> None:
+def test_pieces_do_not_change_the_result(store: Services) -> None:
     rng = random.Random(1)
     pieces, pos = [], 0
     while pos < len(BLOB_B):
@@ -256,7 +256,7 @@ def test_pieces_do_not_change_the_result(store: EmbeddedStore) -> None:
     assert store.blobs.stat(b3(BLOB_B)) == fastcdc_chunks(BLOB_B)
 
 
-def test_open_read_at_offsets(store: EmbeddedStore) -> None:
+def test_open_read_at_offsets(store: Services) -> None:
     data = random.Random(2).randbytes(3 * MIB + 17)
     digest = store.blobs.put([data])
     reader = open_blob(store.blobs, digest, len(data))
@@ -270,7 +270,7 @@ def test_open_read_at_offsets(store: EmbeddedStore) -> None:
     assert small.read_at(1, 5) == BLOB_A[1:]
 
 
-def test_blob_is_recorded_only_after_all_chunks(store: EmbeddedStore) -> None:
+def test_blob_is_recorded_only_after_all_chunks(store: Services) -> None:
     data = random.Random(4).randbytes(2 * MIB)
     digest = b3(data)
 
@@ -285,7 +285,7 @@ def test_blob_is_recorded_only_after_all_chunks(store: EmbeddedStore) -> None:
     assert store.blobs.stat(digest) == fastcdc_chunks(data)
 
 
-def test_failed_put_records_no_blob(store: EmbeddedStore) -> None:
+def test_failed_put_records_no_blob(store: Services) -> None:
     data = random.Random(5).randbytes(2 * MIB)
 
     def pieces() -> Iterator[bytes]:
@@ -354,7 +354,7 @@ def test_file_store_read_stops_at_a_missing_chunk(tmp_path: Path) -> None:
         assert bytes(got) == data[: sum(c.size for c in chunks[:3])]
 
 
-def test_put_and_get_directories(store: EmbeddedStore) -> None:
+def test_put_and_get_directories(store: Services) -> None:
     root = store.directories.put([DIRECTORY_WITH_KEEP, DIRECTORY_COMPLICATED], timeout=5.0)
     assert root == DIRECTORY_COMPLICATED.digest
     got = store.directories.get(root, timeout=5.0)
@@ -367,12 +367,12 @@ def test_put_and_get_directories(store: EmbeddedStore) -> None:
     ]
 
 
-def test_empty_directory(store: EmbeddedStore) -> None:
+def test_empty_directory(store: Services) -> None:
     assert store.directories.put([Directory()]) == EMPTY_DIGEST
     assert store.directories.get(EMPTY_DIGEST) == Directory()
 
 
-def test_unknown_directory(store: EmbeddedStore) -> None:
+def test_unknown_directory(store: Services) -> None:
     with pytest.raises(DirectoryNotFound):
         store.directories.get(DIRECTORY_WITH_KEEP.digest)
     closure = store.directories.get_recursive(DIRECTORY_WITH_KEEP.digest)
@@ -380,7 +380,7 @@ def test_unknown_directory(store: EmbeddedStore) -> None:
         next(closure)  # documented: raised on the first next(), before anything is yielded
 
 
-def test_same_directory_twice_in_a_put(store: EmbeddedStore) -> None:
+def test_same_directory_twice_in_a_put(store: Services) -> None:
     root = store.directories.put([DIRECTORY_WITH_KEEP, DIRECTORY_WITH_KEEP, DIRECTORY_COMPLICATED])
     assert root == DIRECTORY_COMPLICATED.digest
 
@@ -389,7 +389,7 @@ def dnode(name: bytes, directory: Directory, size: int) -> DirectoryNode:
     return DirectoryNode(name, directory.digest, size)
 
 
-def test_recursive_get_is_bfs_in_name_order_without_duplicates(store: EmbeddedStore) -> None:
+def test_recursive_get_is_bfs_in_name_order_without_duplicates(store: Services) -> None:
     leaf_z = Directory(files=(FileNode(b"f", b3(BLOB_A), 2),))  # size 2
     leaf_w = Directory(symlinks=(SymlinkNode(b"s", b"target"),))  # size 2
     x = Directory(directories=(dnode(b"z", leaf_z, 2),))  # size 2 + 2 = 4
@@ -454,7 +454,7 @@ OTHER_LEAF = Directory(symlinks=(SymlinkNode(b"x", b"y"),))
     ],
 )
 def test_rejected_put_stores_nothing(
-    store: EmbeddedStore, stream: list[Directory], error: type[Exception]
+    store: Services, stream: list[Directory], error: type[Exception]
 ) -> None:
     with pytest.raises(error):
         store.directories.put(iter(stream))
@@ -463,7 +463,7 @@ def test_rejected_put_stores_nothing(
             store.directories.get(directory.digest)
 
 
-def test_invalid_name_is_a_validation_error(store: EmbeddedStore) -> None:
+def test_invalid_name_is_a_validation_error(store: Services) -> None:
     with pytest.raises(DirectoryValidationError):
         store.directories.put([Directory(symlinks=(SymlinkNode(b"", b"t"),))])
 
@@ -488,7 +488,7 @@ def make_path_info(path: StorePath, nar_size: int = 1234, sha: bytes = bytes(32)
     return PathInfo(node=node, narinfo=NarInfo(nar_size=nar_size, nar_sha256=sha))
 
 
-def test_path_info_put_get_list(store: EmbeddedStore) -> None:
+def test_path_info_put_get_list(store: Services) -> None:
     first = make_path_info(TEST_PATH)
     assert store.path_infos.put(first, timeout=5.0) == first
     assert store.path_infos.get_by_hash(bytes(20), timeout=5.0) == first
@@ -501,7 +501,7 @@ def test_path_info_put_get_list(store: EmbeddedStore) -> None:
     ]
 
 
-def test_path_info_put_replaces(store: EmbeddedStore) -> None:
+def test_path_info_put_replaces(store: Services) -> None:
     store.path_infos.put(make_path_info(TEST_PATH, nar_size=1))
     replacement = make_path_info(TEST_PATH, nar_size=2)
     store.path_infos.put(replacement)
@@ -509,7 +509,7 @@ def test_path_info_put_replaces(store: EmbeddedStore) -> None:
     assert list(store.path_infos.list()) == [replacement]
 
 
-def test_path_info_name_must_match(store: EmbeddedStore) -> None:
+def test_path_info_name_must_match(store: Services) -> None:
     store.path_infos.put(make_path_info(TEST_PATH))
     with pytest.raises(PathInfoNotFound):
         store.path_infos.get(StorePath(bytes(20), "tes"))
@@ -517,7 +517,7 @@ def test_path_info_name_must_match(store: EmbeddedStore) -> None:
         store.path_infos.get(StorePath(bytes(20), "test2"))
 
 
-def test_path_info_not_found(store: EmbeddedStore) -> None:
+def test_path_info_not_found(store: Services) -> None:
     with pytest.raises(PathInfoNotFound):
         store.path_infos.get_by_hash(bytes(20))
     with pytest.raises(PathInfoNotFound):
@@ -526,13 +526,13 @@ def test_path_info_not_found(store: EmbeddedStore) -> None:
 
 
 @pytest.mark.parametrize("length", [0, 19, 21, 32])
-def test_path_info_hash_length(store: EmbeddedStore, length: int) -> None:
+def test_path_info_hash_length(store: Services, length: int) -> None:
     with pytest.raises(InvalidStorePath) as info:
         store.path_infos.get_by_hash(bytes(length))
     assert isinstance(info.value, InvalidInput)
 
 
-def test_path_info_hash_types(store: EmbeddedStore) -> None:
+def test_path_info_hash_types(store: Services) -> None:
     store.path_infos.put(make_path_info(TEST_PATH))
     by_bytearray = store.path_infos.get_by_hash(bytearray(20))  # type: ignore[arg-type]
     assert by_bytearray == make_path_info(TEST_PATH)
@@ -563,7 +563,7 @@ def test_path_info_hash_types(store: EmbeddedStore) -> None:
         ),
     ],
 )
-def test_invalid_path_info_is_rejected(store: EmbeddedStore, bad: PathInfo) -> None:
+def test_invalid_path_info_is_rejected(store: Services, bad: PathInfo) -> None:
     with pytest.raises(InvalidPathInfo):
         store.path_infos.put(bad)
     assert list(store.path_infos.list()) == []
@@ -607,7 +607,7 @@ def expect(nar: bytes) -> tuple[int, bytes]:
     return len(nar), hashlib.sha256(nar).digest()
 
 
-def test_calculate_nar(store: EmbeddedStore) -> None:
+def test_calculate_nar(store: Services) -> None:
     for blob in (EMPTY, BLOB_A, BLOB_B):
         store.blobs.put([blob])
     store.directories.put([DIRECTORY_WITH_KEEP, DIRECTORY_COMPLICATED])
@@ -624,7 +624,7 @@ def test_calculate_nar(store: EmbeddedStore) -> None:
     assert nar(complicated) == expect(MAGIC + NAR_COMPLICATED)
 
 
-def test_calculate_nar_missing_objects(store: EmbeddedStore) -> None:
+def test_calculate_nar_missing_objects(store: Services) -> None:
     with pytest.raises(BlobNotFound):
         store.path_infos.calculate_nar(FileNode(b"", b3(BLOB_A), 2))
     with pytest.raises(DirectoryNotFound):
@@ -634,14 +634,14 @@ def test_calculate_nar_missing_objects(store: EmbeddedStore) -> None:
 # --- persistence and concurrency (file store) -------------------------------------------------
 
 
-def fill(store: EmbeddedStore) -> None:
+def fill(store: Services) -> None:
     for blob in (EMPTY, BLOB_A, BLOB_B):
         store.blobs.put([blob])
     store.directories.put([DIRECTORY_WITH_KEEP, DIRECTORY_COMPLICATED])
     store.path_infos.put(make_path_info(TEST_PATH))
 
 
-def check_filled(store: EmbeddedStore) -> None:
+def check_filled(store: Services) -> None:
     assert read_all(store, b3(BLOB_A)) == BLOB_A
     assert read_all(store, b3(BLOB_B)) == BLOB_B
     assert store.blobs.stat(b3(BLOB_B)) == fastcdc_chunks(BLOB_B)

@@ -25,7 +25,8 @@ from castore_client.connect import open_services
 from castore_client.digest import B3Digest
 from castore_client.errors import Unavailable
 from castore_client.rpc.server import CastoreServer
-from castore_client.stores import EmbeddedStore, open_memory_store
+from castore_client.services import Services
+from castore_client.stores import open_memory_store
 from castore_client.tls import (
     InvalidTlsConfig,
     ServerTlsOptions,
@@ -159,21 +160,21 @@ HTTPS_LISTEN = parse_address("grpc+https://127.0.0.1:0")
 
 
 @pytest.fixture
-def store() -> Iterator[EmbeddedStore]:
+def store() -> Iterator[Services]:
     with open_memory_store() as s:
         populate_fixtures(s)
         yield s
 
 
 @pytest.fixture
-def tls_server(store: EmbeddedStore, pki: Pki) -> Iterator[CastoreServer]:
+def tls_server(store: Services, pki: Pki) -> Iterator[CastoreServer]:
     """Server authentication only."""
     with CastoreServer(store, HTTPS_LISTEN, tls=pki.server_tls()) as server:
         yield server
 
 
 @pytest.fixture
-def mtls_server(store: EmbeddedStore, pki: Pki) -> Iterator[CastoreServer]:
+def mtls_server(store: Services, pki: Pki) -> Iterator[CastoreServer]:
     """Requires a client certificate signed by the client CA."""
     with CastoreServer(store, HTTPS_LISTEN, tls=pki.server_tls(client_ca=True)) as server:
         yield server
@@ -245,7 +246,7 @@ def test_call_without_connect_timeout_fails_at_its_deadline(
     refused(tls_server.address, TlsOptions(pki.other_ca.read_bytes()), connect_timeout=None)
 
 
-def test_certificate_for_another_name_is_refused(store: EmbeddedStore, pki: Pki) -> None:
+def test_certificate_for_another_name_is_refused(store: Services, pki: Pki) -> None:
     tls = ServerTlsOptions(pki.misnamed_cert.read_bytes(), pki.misnamed_key.read_bytes())
     with CastoreServer(store, HTTPS_LISTEN, tls=tls) as server:
         refused(server.address, pki.client_tls())
@@ -255,7 +256,7 @@ def test_plaintext_client_of_a_tls_server_is_refused(tls_server: CastoreServer) 
     refused(f"grpc+http://127.0.0.1:{tls_server.port}", None)
 
 
-def test_tls_client_of_a_plaintext_server_is_refused(store: EmbeddedStore, pki: Pki) -> None:
+def test_tls_client_of_a_plaintext_server_is_refused(store: Services, pki: Pki) -> None:
     with CastoreServer(store, parse_address("grpc+http://127.0.0.1:0")) as server:
         refused(f"grpc+https://127.0.0.1:{server.port}", pki.client_tls())
 
@@ -297,15 +298,13 @@ def test_mutual_tls_refuses_a_certificate_from_another_ca(
     refused(mtls_server.address, tls)
 
 
-def test_server_names_a_key_that_does_not_fit_its_certificate(
-    store: EmbeddedStore, pki: Pki
-) -> None:
+def test_server_names_a_key_that_does_not_fit_its_certificate(store: Services, pki: Pki) -> None:
     tls = ServerTlsOptions(pki.server_cert.read_bytes(), pki.client_key.read_bytes())
     with pytest.raises(InvalidTlsConfig, match="does the key belong to the certificate"):
         CastoreServer(store, HTTPS_LISTEN, tls=tls)
 
 
-def test_server_refuses_mismatched_listen_and_tls(store: EmbeddedStore, pki: Pki) -> None:
+def test_server_refuses_mismatched_listen_and_tls(store: Services, pki: Pki) -> None:
     with pytest.raises(ValueError, match="certificate"):
         CastoreServer(store, HTTPS_LISTEN)
     with pytest.raises(ValueError, match="grpc\\+https"):

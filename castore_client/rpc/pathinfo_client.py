@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 from ..codec import node_to_pb, path_info_from_pb, path_info_to_pb
 from ..directory import Node
-from ..errors import PathInfoNotFound, ProtocolError
-from ..pathinfo import PathInfo
+from ..errors import PathInfoNotFound
+from ..pathinfo import PathInfo, expect_store_path
 from ..pb import pathinfo_pb2 as ppb
 from ..pb import rpc_pathinfo_pb2 as rppb
 from ..storepath import StorePath
@@ -34,14 +34,7 @@ class GrpcPathInfoService:
         return path_info_from_pb(response)
 
     def get(self, store_path: StorePath, *, timeout: float | None = None) -> PathInfo:
-        path_info = self.get_by_hash(store_path.digest, timeout=timeout)
-        try:
-            found = path_info.store_path
-        except Exception as exc:
-            raise ProtocolError(f"{store_path}: the server's PathInfo is misnamed: {exc}") from None
-        if found != store_path:
-            raise PathInfoNotFound(f"{store_path}: the store has {found} under that hash")
-        return path_info
+        return expect_store_path(self.get_by_hash(store_path.digest, timeout=timeout), store_path)
 
     def list(self, *, timeout: float | None = None) -> Iterator[PathInfo]:
         call = self.endpoint.server_stream(

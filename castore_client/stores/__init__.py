@@ -6,7 +6,8 @@
 
 Both implement `services.BlobService`, `DirectoryService` and `PathInfoService` exactly, apply
 the same validation as the gRPC server, and split blobs with the same FastCDC parameters as
-real servers, so clients meet chunked blobs in tests too.
+real servers, so clients meet chunked blobs in tests too. An opened store is a
+`services.Services`, the same type a gRPC client is, so whatever takes one takes the other.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from ..address import Address
 from ..directory import SizeFormula
 from ..errors import InvalidAddress
-from .common import EmbeddedStore
+from ..services import Services
 from .file import FileBlobService, FileDirectoryService, FilePathInfoService, open_file_store
 from .memory import (
     MemoryBlobService,
@@ -23,10 +24,11 @@ from .memory import (
     open_memory_store,
 )
 
+EmbeddedStore = Services
+"""The name `connect` still imports; an embedded store is a plain `Services`."""
 
-def open_embedded_store(
-    address: Address, formula: SizeFormula = SizeFormula.CURRENT
-) -> EmbeddedStore:
+
+def open_embedded_store(address: Address, formula: SizeFormula = SizeFormula.CURRENT) -> Services:
     """The store a `memory://` or `file:///abs/path` address names."""
     if address.scheme == "memory":
         return open_memory_store(formula)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -13,17 +14,15 @@ from ..chunking import chunk_stream
 from ..closure import UploadValidator
 from ..digest import B3Digest, BackgroundHasher
 from ..directory import Directory, Node, SizeFormula
-from ..errors import DirectoryNotFound, InvalidStorePath
+from ..errors import DirectoryNotFound
 from ..nar import GetDirectory, nar_size_and_sha256
 from ..pipeline import OrderedWorker
-from ..services import BlobService, ChunkMeta, DirectoryService, PathInfoService
+from ..services import BlobService, ChunkMeta
 
 log = logging.getLogger(__name__)
 
 READ_PIECE = 1 << 20
 """The largest piece `BlobService.read` yields, well under gRPC's 4 MiB message limit."""
-
-STORE_HASH_LEN = 20
 
 PieceWriter = Callable[[B3Digest, bytes], None]
 DirectoryLookup = Callable[[B3Digest], Directory | None]
@@ -134,48 +133,16 @@ def walk_closure(root: B3Digest, lookup: DirectoryLookup) -> Iterator[Directory]
                 queue.append((child.digest, digest))
 
 
-def check_store_hash(digest: bytes) -> bytes:
-    """The 20-byte hash part of a store path, as bytes; anything else is the caller's error."""
-    if not isinstance(digest, bytes | bytearray | memoryview):
-        raise InvalidStorePath(f"a store path hash is bytes, got {type(digest).__name__}")
-    raw = bytes(digest)
-    if len(raw) != STORE_HASH_LEN:
-        raise InvalidStorePath(f"a store path hash is {STORE_HASH_LEN} bytes, got {len(raw)}")
-    return raw
-
-
 def nar_of(node: Node, blobs: BlobService, get_directory: GetDirectory) -> tuple[int, bytes]:
     """(size, sha256) of the NAR of `node`, reading only verified blob bytes."""
     return nar_size_and_sha256(node, partial(read_blob_bytes, blobs), get_directory)
 
 
-@dataclass
-class EmbeddedStore:
-    """The three services of one embedded store, sharing its storage; close it when done.
-
-    Its attribute names match what the gRPC server serves (`rpc.server.StoreServices`).
-    """
-
-    blobs: BlobService
-    directories: DirectoryService
-    path_infos: PathInfoService
-    on_close: Callable[[], None] = field(default=lambda: None, repr=False)
-
-    def close(self) -> None:
-        self.on_close()
-
-    def __enter__(self) -> EmbeddedStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-class DirectoryLookupService:
+class DirectoryLookupService(abc.ABC):
     """get and get_recursive for stores that can look one directory up by digest."""
 
-    def _lookup(self, digest: B3Digest) -> Directory | None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _lookup(self, digest: B3Digest) -> Directory | None: ...
 
     def get(self, digest: B3Digest, *, timeout: float | None = None) -> Directory:
         directory = self._lookup(digest)

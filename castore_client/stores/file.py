@@ -30,14 +30,12 @@ from pathlib import Path
 from ..codec import decode_directory, decode_path_info, encode_path_info
 from ..digest import B3Digest
 from ..directory import Directory, Node, SizeFormula
-from ..errors import BlobNotFound, PathInfoNotFound
-from ..pathinfo import PathInfo
-from ..services import ChunkMeta
-from ..storepath import StorePath
+from ..errors import BlobNotFound, PathInfoNotFound, StoreClosed, UnsupportedStoreVersion
+from ..pathinfo import PathInfo, expect_store_path
+from ..services import ChunkMeta, Services
+from ..storepath import StorePath, check_store_hash
 from .common import (
     DirectoryLookupService,
-    EmbeddedStore,
-    check_store_hash,
     ingest_blob,
     nar_of,
     split_piece,
@@ -94,7 +92,7 @@ class Database:
         with self.transaction() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise RuntimeError(
+                raise UnsupportedStoreVersion(
                     f"{path} has schema version {version}; this program knows up to "
                     f"{SCHEMA_VERSION}"
                 )
@@ -108,7 +106,7 @@ class Database:
             return conn
         with self._lock:
             if self._closed:
-                raise RuntimeError(f"the store at {self.path.parent} is closed")
+                raise StoreClosed(f"the store at {self.path.parent} is closed")
             new = sqlite3.connect(
                 self.path,
                 timeout=BUSY_TIMEOUT_S,
@@ -292,12 +290,7 @@ class FilePathInfoService:
         return decode_path_info(encoded)
 
     def get(self, store_path: StorePath, *, timeout: float | None = None) -> PathInfo:
-        path_info = self.get_by_hash(store_path.digest)
-        if path_info.store_path.name != store_path.name:
-            raise PathInfoNotFound(
-                f"{store_path} not found (its hash names {path_info.store_path})"
-            )
-        return path_info
+        return expect_store_path(self.get_by_hash(store_path.digest), store_path)
 
     def list(self, *, timeout: float | None = None) -> Iterator[PathInfo]:
         """Pages by key, so no cursor stays open across yields (or across threads)."""
@@ -333,7 +326,7 @@ class FilePathInfoService:
 
 def open_file_store(
     path: Path | str, formula: SizeFormula = SizeFormula.CURRENT, *, sync: bool = False
-) -> EmbeddedStore:
+) -> Services:
     """Open (creating if needed) the store in directory `path`.
 
     `sync` fsyncs every piece before it is renamed into place. Off by default: readers verify
@@ -347,4 +340,4 @@ def open_file_store(
     directories = FileDirectoryService(db, formula)
     path_infos = FilePathInfoService(db, blobs, directories)
     log.debug("opened file store at %s", root)
-    return EmbeddedStore(blobs, directories, path_infos, on_close=db.close)
+    return Services(blobs, directories, path_infos, closers=[db.close])

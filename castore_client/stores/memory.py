@@ -13,13 +13,11 @@ from collections.abc import Iterable, Iterator
 from ..digest import B3Digest
 from ..directory import Directory, Node, SizeFormula
 from ..errors import BlobNotFound, PathInfoNotFound
-from ..pathinfo import PathInfo
-from ..services import ChunkMeta
-from ..storepath import StorePath
+from ..pathinfo import PathInfo, expect_store_path
+from ..services import ChunkMeta, Services
+from ..storepath import StorePath, check_store_hash
 from .common import (
     DirectoryLookupService,
-    EmbeddedStore,
-    check_store_hash,
     ingest_blob,
     nar_of,
     split_piece,
@@ -108,12 +106,7 @@ class MemoryPathInfoService:
         return path_info
 
     def get(self, store_path: StorePath, *, timeout: float | None = None) -> PathInfo:
-        path_info = self.get_by_hash(store_path.digest)
-        if path_info.store_path.name != store_path.name:
-            raise PathInfoNotFound(
-                f"{store_path} not found (its hash names {path_info.store_path})"
-            )
-        return path_info
+        return expect_store_path(self.get_by_hash(store_path.digest), store_path)
 
     def list(self, *, timeout: float | None = None) -> Iterator[PathInfo]:
         with self._lock:
@@ -130,8 +123,8 @@ class MemoryPathInfoService:
         return nar_of(node, self._blobs, self._directories.get)
 
 
-def open_memory_store(formula: SizeFormula = SizeFormula.CURRENT) -> EmbeddedStore:
+def open_memory_store(formula: SizeFormula = SizeFormula.CURRENT) -> Services:
     """A fresh, empty store that lives as long as the returned object."""
     blobs = MemoryBlobService()
     directories = MemoryDirectoryService(formula)
-    return EmbeddedStore(blobs, directories, MemoryPathInfoService(blobs, directories))
+    return Services(blobs, directories, MemoryPathInfoService(blobs, directories))
