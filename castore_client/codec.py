@@ -7,6 +7,8 @@ and raise the domain's validation errors; the remaining rules are `Directory.val
 
 from __future__ import annotations
 
+from typing import cast
+
 from .digest import B3Digest
 from .directory import Directory, DirectoryNode, FileNode, Node, SymlinkNode
 from .errors import InvalidNodeDigest, InvalidPathInfo, InvalidStorePath, ProtocolError
@@ -132,7 +134,7 @@ def path_info_to_pb(path_info: PathInfo) -> pathinfo_pb2.PathInfo:
             msg.narinfo.deriver.name = n.deriver.name
             msg.narinfo.deriver.digest = n.deriver.digest
         if n.ca is not None:
-            msg.narinfo.ca.type = int(n.ca.hash_type)
+            msg.narinfo.ca.type = cast("pathinfo_pb2.NARInfo.CA.Hash", int(n.ca.hash_type))
             msg.narinfo.ca.digest = n.ca.digest
     return msg
 

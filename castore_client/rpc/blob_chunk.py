@@ -8,18 +8,10 @@ repeated fields) is handed to the protobuf runtime, so the result is always what
 
 from __future__ import annotations
 
+from ..directory import _varint
 from ..pb import rpc_blobstore_pb2 as bpb
 
 _TAG = b"\x0a"
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def encode(data: bytes) -> bytes:
