@@ -13,7 +13,7 @@ from castore_client.connect import open_services
 from castore_client.rpc.namespace import Namespace
 from castore_client.rpc.server import CastoreServer
 from castore_client.services import Services
-from castore_client.stores import EmbeddedStore, open_memory_store
+from castore_client.stores import open_memory_store
 
 
 def require_tool(tool: str) -> str:
@@ -27,7 +27,7 @@ def require_tool(tool: str) -> str:
 
 
 @pytest.fixture
-def memory_store() -> Iterator[EmbeddedStore]:
+def memory_store() -> Iterator[Services]:
     with open_memory_store() as store:
         yield store
 
@@ -41,7 +41,7 @@ def listen_address(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Addre
 @pytest.fixture(params=["unix", "tcp"])
 def server(
     request: pytest.FixtureRequest,
-    memory_store: EmbeddedStore,
+    memory_store: Services,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[CastoreServer]:
     """Our gRPC server over an in-memory store, on a unix socket and on 127.0.0.1."""

@@ -27,7 +27,7 @@ from castore_client.directory import Directory, DirectoryNode, FileNode, Symlink
 from castore_client.rpc.namespace import Namespace
 from castore_client.rpc.server import CastoreServer
 from castore_client.services import Services
-from castore_client.stores import EmbeddedStore, open_memory_store
+from castore_client.stores import open_memory_store
 
 from . import fixtures as fx
 from .conftest import require_tool
@@ -103,7 +103,7 @@ def _fuse_available() -> None:
 
 
 @pytest.fixture(scope="module")
-def fixture_store() -> Iterator[EmbeddedStore]:
+def fixture_store() -> Iterator[Services]:
     with open_memory_store() as store:
         populate_fixtures(store)
         populate_extras(store)
@@ -112,14 +112,14 @@ def fixture_store() -> Iterator[EmbeddedStore]:
 
 @pytest.fixture(scope="module")
 def unix_server(
-    fixture_store: EmbeddedStore, tmp_path_factory: pytest.TempPathFactory
+    fixture_store: Services, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[CastoreServer]:
     with CastoreServer(fixture_store, unix_listen_address(tmp_path_factory)) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def tcp_server(fixture_store: EmbeddedStore) -> Iterator[CastoreServer]:
+def tcp_server(fixture_store: Services) -> Iterator[CastoreServer]:
     with CastoreServer(fixture_store, parse_address(TCP_LISTEN_ADDRESS)) as server:
         yield server
 
@@ -149,7 +149,7 @@ def plain_mount(
 
 @pytest.fixture(scope="module")
 def snix_mount(
-    fixture_store: EmbeddedStore, tmp_path_factory: pytest.TempPathFactory
+    fixture_store: Services, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Mount]:
     """--protocol snix against a server that only speaks the snix namespace."""
     address = unix_listen_address(tmp_path_factory)
@@ -725,7 +725,7 @@ def random_reads(boundaries: list[int], size: int) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("direct", [False, True], ids=["cached", "o_direct"])
 def test_b26_reads_at_arbitrary_offsets(
-    listing_mount: Mount, fixture_store: EmbeddedStore, direct: bool
+    listing_mount: Mount, fixture_store: Services, direct: bool
 ) -> None:
     chunks = fixture_store.blobs.stat(B3Digest(fx.b3(RANDOM_BLOB)))
     boundaries = list(itertools.accumulate(chunk.size for chunk in chunks))[:-1]

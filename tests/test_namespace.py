@@ -10,13 +10,13 @@ from castore_client.digest import B3Digest
 from castore_client.errors import Rejected
 from castore_client.rpc.namespace import Namespace
 from castore_client.rpc.server import CastoreServer
-from castore_client.stores import EmbeddedStore
+from castore_client.services import Services
 
 from . import fixtures as fx
 
 
 @pytest.mark.parametrize("only", [Namespace.TVIX, Namespace.SNIX])
-def test_auto_finds_the_served_namespace(memory_store: EmbeddedStore, only: Namespace) -> None:
+def test_auto_finds_the_served_namespace(memory_store: Services, only: Namespace) -> None:
     listen = parse_address("grpc+http://127.0.0.1:0")
     with CastoreServer(memory_store, listen, namespaces=(only,)) as server:
         with open_services(server.address, namespace=Namespace.AUTO, timeout=10) as c:
