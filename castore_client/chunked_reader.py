@@ -54,7 +54,8 @@ Chunks it delivers before they are asked for wait in the reader (at most this ma
 RECENT_CHUNKS = 4
 """Chunks a reader keeps after use, for requests that cover a chunk in several pieces."""
 
-ChunkFetcher = Callable[[ChunkMeta], bytes | memoryview]
+ChunkFetcher = Callable[[ChunkMeta], bytes]
+Pieces = Iterator[bytes | memoryview]
 
 
 def fetch_verified(
@@ -93,7 +94,7 @@ def open_blob(
             def fetch(meta: ChunkMeta) -> bytes:
                 return fetch_verified(service, meta, timeout=timeout)
 
-        def stream() -> Iterator[bytes | memoryview]:
+        def stream() -> Pieces:
             return service.read(digest, timeout=timeout)
 
         return ChunkedReader(digest, chunks, fetch, size, stream=stream, cache=cache)
@@ -121,7 +122,7 @@ class ChunkedReader:
         fetch: ChunkFetcher,
         size: int | None = None,
         *,
-        stream: Callable[[], Iterator[bytes]] | None = None,
+        stream: Callable[[], Pieces] | None = None,
         cache: ChunkCache | None = None,
     ) -> None:
         self.digest = digest
@@ -282,7 +283,7 @@ class StreamReadahead:
 
     def __init__(
         self,
-        open_stream: Callable[[], Iterator[bytes]],
+        open_stream: Callable[[], Pieces],
         digest: B3Digest,
         chunks: Sequence[ChunkMeta],
         depth: int = 8,
@@ -300,7 +301,7 @@ class StreamReadahead:
 
     def _run(
         self,
-        open_stream: Callable[[], Iterator[bytes]],
+        open_stream: Callable[[], Pieces],
         digest: B3Digest,
         chunks: Sequence[ChunkMeta],
     ) -> None:
@@ -335,7 +336,7 @@ class StreamReadahead:
 
 
 def _verified_chunks(
-    pieces: Iterator[bytes], digest: B3Digest, chunks: Sequence[ChunkMeta]
+    pieces: Pieces, digest: B3Digest, chunks: Sequence[ChunkMeta]
 ) -> Iterator[bytes]:
     """Cut a whole-blob stream at the chunk boundaries; yield each chunk once it verifies."""
     buf = bytearray()
@@ -343,7 +344,7 @@ def _verified_chunks(
     try:
         for piece in pieces:
             if not buf and index < len(chunks) and len(piece) == chunks[index].size:
-                yield _verify_chunk(piece, chunks[index], digest)
+                yield _verify_chunk(bytes(piece), chunks[index], digest)
                 index += 1
                 continue
             buf += piece

@@ -7,9 +7,10 @@ reads cannot starve trio's default pool (which getaddrinfo and trio.Path use).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import trio
 
@@ -50,7 +51,7 @@ async def run_blocking(fn: Callable[..., T], *args: object) -> T:
         raise
 
 
-class StreamPump:
+class StreamPump(Generic[T]):
     """Feeds a blocking iterator into a bounded trio channel from a thread of its own.
 
     The channel's bound is the backpressure: when the consumer stops reading, the thread
@@ -85,10 +86,8 @@ class StreamPump:
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.RunFinishedError):
             pass
         finally:
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 trio.from_thread.run_sync(send.close, trio_token=self._token)
-            except trio.RunFinishedError:
-                pass
 
     def close(self) -> None:
         """Stop the producer: its pending send fails, and its RPCs are cancelled."""

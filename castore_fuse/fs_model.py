@@ -18,7 +18,7 @@ import errno
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 import trio
@@ -73,7 +73,7 @@ class _RootListing:
     buffer that filled up), so they can be handed out again at the offset it asks for.
     """
 
-    pump: StreamPump
+    pump: StreamPump[Node]
     pending: deque[Entry] = field(default_factory=deque)
     received: int = 0
 
@@ -215,10 +215,10 @@ class CastoreFilesystem:
             self._dirs[fh] = _DirListing(ino)
         return fh
 
-    def _start_root_listing(self) -> StreamPump:
+    def _start_root_listing(self) -> StreamPump[Node]:
         return StreamPump(self.root_nodes.list, bound=ROOT_LISTING_BOUND)
 
-    async def readdir(self, fh: int, start: int) -> AsyncIterator[Entry]:
+    async def readdir(self, fh: int, start: int) -> AsyncGenerator[Entry]:
         """Entries from offset `start` on; the caller stops when the kernel's buffer is full."""
         listing = self._dirs.get(fh)
         if listing is None:
@@ -233,7 +233,7 @@ class CastoreFilesystem:
         async for entry in self._read_root_listing(listing, start):
             yield entry
 
-    async def _read_root_listing(self, listing: _RootListing, start: int) -> AsyncIterator[Entry]:
+    async def _read_root_listing(self, listing: _RootListing, start: int) -> AsyncGenerator[Entry]:
         while listing.pending and listing.pending[0].next_id <= start:
             listing.pending.popleft()
         first = listing.pending[0].next_id - 1 if listing.pending else listing.received

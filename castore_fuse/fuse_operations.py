@@ -13,7 +13,7 @@ import functools
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
@@ -32,7 +32,9 @@ R = TypeVar("R")
 FOREVER = float(2**31)
 
 
-def fuse_errors(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def fuse_errors(
+    handler: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
     @functools.wraps(handler)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
@@ -93,21 +95,23 @@ class CastoreOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def lookup(
-        self, parent_inode: int, name: bytes, ctx: Any = None
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
         ino, data = await self.fs.lookup(parent_inode, name)
         return self.attributes(ino, data)
 
     @fuse_errors
-    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def getattr(
+        self, inode: int, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
         return self.attributes(inode, self.fs.data(inode))
 
     @fuse_errors
-    async def readlink(self, inode: int, ctx: Any = None) -> bytes:
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> bytes:
         return self.fs.readlink(inode)
 
     @fuse_errors
-    async def opendir(self, inode: int, ctx: Any = None) -> int:
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> int:
         return await self.fs.opendir(inode)
 
     @fuse_errors
@@ -124,7 +128,9 @@ class CastoreOperations(pyfuse3.Operations):
         self.fs.releasedir(fh)
 
     @fuse_errors
-    async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
+    async def open(
+        self, inode: int, flags: int, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.FileInfo:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
             raise pyfuse3.FUSEError(errno.EROFS)
         fh = await self.fs.open(inode)
@@ -139,15 +145,19 @@ class CastoreOperations(pyfuse3.Operations):
         await self.fs.release(fh)
 
     @fuse_errors
-    async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
+    async def getxattr(
+        self, inode: int, name: bytes, ctx: pyfuse3.RequestContext | None = None
+    ) -> bytes:
         return self.fs.getxattr(inode, name)
 
     @fuse_errors
-    async def listxattr(self, inode: int, ctx: Any = None) -> Sequence[bytes]:
+    async def listxattr(
+        self, inode: int, ctx: pyfuse3.RequestContext | None = None
+    ) -> Sequence[bytes]:
         return self.fs.listxattr(inode)
 
     @fuse_errors
-    async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
+    async def statfs(self, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()
         data.f_bsize = 512 * 1024
         data.f_frsize = 4096
@@ -161,7 +171,9 @@ class CastoreOperations(pyfuse3.Operations):
         """Inodes name content and are never reused, so there is nothing to free."""
 
     @fuse_errors
-    async def access(self, inode: int, mode: int, ctx: Any = None) -> bool:
+    async def access(
+        self, inode: int, mode: int, ctx: pyfuse3.RequestContext | None = None
+    ) -> bool:
         if mode & os.W_OK:
             return False
         self.fs.data(inode)
