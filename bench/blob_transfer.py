@@ -5,7 +5,8 @@ The ceiling is a plain grpcio stream of the same number of bytes in 1 MiB messag
 hashing, chunking or storage, measured in the same run. Each measurement runs in a fresh
 client process so its peak RSS is its own. Prints a table and writes JSON.
 
-    python bench/blob_transfer.py [--size-mib 1024] [--runs 3] [--json bench/results/blob_transfer.json]
+    python bench/blob_transfer.py [--size-mib 1024] [--runs 3]
+                                  [--json bench/results/blob_transfer.json]
 """
 
 from __future__ import annotations

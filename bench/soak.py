@@ -121,16 +121,19 @@ def main() -> int:
                 )
             )
             names.append(name)
-        with CastoreServer(store, parse_address(f"grpc+unix://{work}/s.sock")) as server:
-            with castore_mount(str(server.address), work / "mnt", work / "mount.log") as proc:
-                paths = [work / "mnt" / n for n in names]
-                paths[0].stat()
-                before = process_figures(proc.pid)
-                start = time.monotonic()
-                outcome = hammer(paths, sources, args.readers, args.seconds)
-                elapsed = time.monotonic() - start
-                time.sleep(1)
-                after = process_figures(proc.pid)
+        sock = parse_address(f"grpc+unix://{work}/s.sock")
+        with (
+            CastoreServer(store, sock) as server,
+            castore_mount(str(server.address), work / "mnt", work / "mount.log") as proc,
+        ):
+            paths = [work / "mnt" / n for n in names]
+            paths[0].stat()
+            before = process_figures(proc.pid)
+            start = time.monotonic()
+            outcome = hammer(paths, sources, args.readers, args.seconds)
+            elapsed = time.monotonic() - start
+            time.sleep(1)
+            after = process_figures(proc.pid)
     result = {
         "readers": args.readers,
         "files": args.files,
@@ -145,7 +148,8 @@ def main() -> int:
     }
     print(f"{args.readers} readers, {args.files} files of {args.file_mib} MiB, {elapsed:.0f} s")
     print(
-        f"  reads {outcome.reads}, bytes compared {outcome.bytes_compared}, errors {len(outcome.errors)}"
+        f"  reads {outcome.reads}, bytes compared {outcome.bytes_compared},"
+        f" errors {len(outcome.errors)}"
     )
     print(
         f"  fs threads {before['threads']} -> {after['threads']}, open fds {before['open_fds']} -> "

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from . import _fastcdc  # type: ignore[attr-defined]
+from .errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class CutRule:
     @classmethod
     def for_sizes(cls, min_size: int, avg_size: int, max_size: int) -> CutRule:
         if not (64 <= min_size <= avg_size <= max_size <= 1 << 30 and avg_size >= 256):
-            raise ValueError(
+            raise InvalidInput(
                 f"chunk sizes must satisfy 64 <= min <= avg <= max <= 1 GiB and avg >= 256, "
                 f"not {min_size}/{avg_size}/{max_size}"
             )
@@ -88,7 +89,7 @@ class Chunker:
     def feed(self, data: BytesLike) -> list[bytes]:
         """Add bytes; returns the chunks they completed, in order."""
         if self._finished:
-            raise ValueError("feed() after finish()")
+            raise InvalidInput("feed() after finish()")
         piece = _immutable(data)
         out: list[bytes] = []
         start = 0

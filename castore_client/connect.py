@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +15,8 @@ from .rpc.endpoint import Endpoint, open_endpoint
 from .rpc.namespace import Namespace
 from .rpc.pathinfo_client import GrpcPathInfoService
 from .services import Services
-from .stores import EmbeddedStore, open_embedded_store
+from .stores import open_embedded_store
 from .tls import TlsOptions
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -106,7 +103,7 @@ def _open(config: ClientConfig, formula: SizeFormula) -> Services:
     )
     groups = list(config.groups())
     closers: list[Callable[[], None]] = []
-    embedded: dict[Address, EmbeddedStore] = {}
+    embedded: dict[Address, Services] = {}
     endpoints: dict[tuple[Address, ...], Endpoint] = {}
     for group in groups:
         first = group[0]

@@ -186,7 +186,7 @@ def _compute_size(directory: Directory, formula: SizeFormula) -> int:
 _ONE_BYTE = tuple(bytes([n]) for n in range(0x80))
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
     if value < 0x80:
         return _ONE_BYTE[value]
     out = bytearray()
@@ -211,7 +211,7 @@ _DIRECTORIES, _FILES, _SYMLINKS = b"\x0a", b"\x12", b"\x1a"  # Directory's field
 
 def _with_name(parts: list[bytes], name: bytes) -> None:
     if name:
-        parts += (_NAME, _varint(len(name)), name)
+        parts += (_NAME, varint(len(name)), name)
 
 
 def _encode_directory_node(node: DirectoryNode) -> bytes:
@@ -219,7 +219,7 @@ def _encode_directory_node(node: DirectoryNode) -> bytes:
     _with_name(parts, node.name)
     parts += (_DIGEST_32, node.digest.raw)
     if node.size:
-        parts += (_SIZE, _varint(node.size))
+        parts += (_SIZE, varint(node.size))
     return b"".join(parts)
 
 
@@ -228,7 +228,7 @@ def _encode_file_node(node: FileNode) -> bytes:
     _with_name(parts, node.name)
     parts += (_DIGEST_32, node.digest.raw)
     if node.size:
-        parts += (_SIZE, _varint(node.size))
+        parts += (_SIZE, varint(node.size))
     if node.executable:
         parts.append(_EXECUTABLE)
     return b"".join(parts)
@@ -238,7 +238,7 @@ def _encode_symlink_node(node: SymlinkNode) -> bytes:
     parts: list[bytes] = []
     _with_name(parts, node.name)
     if node.target:
-        parts += (_TARGET, _varint(len(node.target)), node.target)
+        parts += (_TARGET, varint(len(node.target)), node.target)
     return b"".join(parts)
 
 
@@ -250,7 +250,7 @@ def _encode_directory(directory: Directory) -> bytes:
         (_SYMLINKS, map(_encode_symlink_node, directory.symlinks)),
     ):
         for body in bodies:
-            parts += (tag, _varint(len(body)), body)
+            parts += (tag, varint(len(body)), body)
     return b"".join(parts)
 
 

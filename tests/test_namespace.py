@@ -22,6 +22,8 @@ def test_auto_finds_the_served_namespace(memory_store: Services, only: Namespace
         with open_services(server.address, namespace=Namespace.AUTO, timeout=10) as c:
             assert c.blobs.put([fx.BLOB_A]).raw == fx.b3(fx.BLOB_A)
         other = Namespace.SNIX if only is Namespace.TVIX else Namespace.TVIX
-        with open_services(server.address, namespace=other, timeout=10) as c:
-            with pytest.raises(Rejected, match="UNIMPLEMENTED"):
-                c.blobs.stat(B3Digest(fx.b3(fx.BLOB_A)))
+        with (
+            open_services(server.address, namespace=other, timeout=10) as c,
+            pytest.raises(Rejected, match="UNIMPLEMENTED"),
+        ):
+            c.blobs.stat(B3Digest(fx.b3(fx.BLOB_A)))

@@ -22,8 +22,8 @@ from castore_client.errors import (
     UnsortedNames,
 )
 from castore_client.rpc.blob_client import GrpcBlobService
-from castore_client.rpc.directory_client import GrpcDirectoryService
 from castore_client.rpc.channel import open_channel
+from castore_client.rpc.directory_client import GrpcDirectoryService
 from castore_client.rpc.endpoint import Endpoint
 from castore_client.services import ChunkMeta
 
@@ -95,9 +95,11 @@ def test_recursive_get_rejects_unreferenced_directory() -> None:
 
 
 def test_recursive_get_rejects_missing_directory() -> None:
-    with scripted_server(streams={GET: replies(PARENT_BYTES, OTHER_BYTES)}) as target:
-        with pytest.raises(MissingDirectory) as info:
-            get_all(target, PARENT_DIGEST)
+    with (
+        scripted_server(streams={GET: replies(PARENT_BYTES, OTHER_BYTES)}) as target,
+        pytest.raises(MissingDirectory) as info,
+    ):
+        get_all(target, PARENT_DIGEST)
     assert str(B3Digest(fx.WITH_KEEP_DIGEST)) in str(info.value)
 
 
@@ -112,16 +114,20 @@ def test_recursive_get_rejects_duplicate() -> None:
 
 
 def test_recursive_get_rejects_wrong_root() -> None:
-    with scripted_server(streams={GET: replies(OTHER_BYTES)}) as target:
-        with pytest.raises(UnexpectedDirectory):
-            get_all(target, PARENT_DIGEST)
+    with (
+        scripted_server(streams={GET: replies(OTHER_BYTES)}) as target,
+        pytest.raises(UnexpectedDirectory),
+    ):
+        get_all(target, PARENT_DIGEST)
 
 
 def test_recursive_get_rejects_wrong_announced_size() -> None:
     lying_parent = fx.directory(dirs=[fx.dir_node(b"a", fx.WITH_KEEP_DIGEST, 7)])
-    with scripted_server(streams={GET: replies(lying_parent, fx.WITH_KEEP_BYTES)}) as target:
-        with pytest.raises(SizeMismatch):
-            get_all(target, fx.b3(lying_parent))
+    with (
+        scripted_server(streams={GET: replies(lying_parent, fx.WITH_KEEP_BYTES)}) as target,
+        pytest.raises(SizeMismatch),
+    ):
+        get_all(target, fx.b3(lying_parent))
 
 
 def test_recursive_get_unknown_root_is_not_found() -> None:
@@ -130,9 +136,11 @@ def test_recursive_get_unknown_root_is_not_found() -> None:
 
 
 def test_get_rejects_digest_mismatch() -> None:
-    with scripted_server(streams={GET: replies(OTHER_BYTES)}) as target:
-        with pytest.raises(DigestMismatch):
-            directory_service(target).get(B3Digest(fx.WITH_KEEP_DIGEST))
+    with (
+        scripted_server(streams={GET: replies(OTHER_BYTES)}) as target,
+        pytest.raises(DigestMismatch),
+    ):
+        directory_service(target).get(B3Digest(fx.WITH_KEEP_DIGEST))
 
 
 @pytest.mark.parametrize(
@@ -192,9 +200,11 @@ def test_truncated_blob_stream_is_rejected() -> None:
 def test_chunk_list_that_does_not_add_up_is_rejected() -> None:
     half = len(fx.BLOB_B) // 2
     chunks = ((fx.b3(fx.BLOB_B[:half]), half), (fx.b3(fx.BLOB_B[half:]), half - 1))
-    with scripted_server(unary={STAT: stat_reply(*chunks)}, streams={READ: replies()}) as target:
-        with pytest.raises(InvalidChunkList):
-            open_blob(blob_service(target), B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
+    with (
+        scripted_server(unary={STAT: stat_reply(*chunks)}, streams={READ: replies()}) as target,
+        pytest.raises(InvalidChunkList),
+    ):
+        open_blob(blob_service(target), B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
 
 
 HALF = 500_000  # not a multiple of 255, so the two halves of BLOB_B differ

@@ -170,11 +170,17 @@ def test_file_store_survives_server_restart(tmp_path, tmp_path_factory) -> None:
 
     blob = os.urandom(2 << 20)
     sock = parse_address(f"grpc+unix://{tmp_path_factory.mktemp('s')}/castore.sock")
-    with open_file_store(str(tmp_path / "store")) as store, CastoreServer(store, sock):
-        with open_services(sock, timeout=30) as c:
-            digest = c.blobs.put([blob])
-            root = c.directories.put([WITH_KEEP, COMPLICATED])
-    with open_file_store(str(tmp_path / "store")) as store, CastoreServer(store, sock):
-        with open_services(sock, timeout=30) as c:
-            assert open_blob(c.blobs, digest, len(blob)).read_at(0, len(blob)) == blob
-            assert c.directories.get(root) == COMPLICATED
+    with (
+        open_file_store(str(tmp_path / "store")) as store,
+        CastoreServer(store, sock),
+        open_services(sock, timeout=30) as c,
+    ):
+        digest = c.blobs.put([blob])
+        root = c.directories.put([WITH_KEEP, COMPLICATED])
+    with (
+        open_file_store(str(tmp_path / "store")) as store,
+        CastoreServer(store, sock),
+        open_services(sock, timeout=30) as c,
+    ):
+        assert open_blob(c.blobs, digest, len(blob)).read_at(0, len(blob)) == blob
+        assert c.directories.get(root) == COMPLICATED

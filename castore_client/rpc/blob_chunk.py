@@ -8,7 +8,7 @@ repeated fields) is handed to the protobuf runtime, so the result is always what
 
 from __future__ import annotations
 
-from ..directory import _varint
+from ..directory import varint
 from ..pb import rpc_blobstore_pb2 as bpb
 
 _TAG = b"\x0a"
@@ -17,7 +17,7 @@ _TAG = b"\x0a"
 def encode(data: bytes) -> bytes:
     if not data:
         return b""
-    return b"".join((_TAG, _varint(len(data)), data))
+    return b"".join((_TAG, varint(len(data)), data))
 
 
 def decode(message: bytes) -> bytes | memoryview:

@@ -57,12 +57,16 @@ class ResolvedNamespace:
         if self._resolved is None:
             with self._lock:
                 if self._resolved is None:
-                    self._resolved = probe(channel())
+                    found = probe(channel())
+                    if found is None:
+                        return Namespace.TVIX  # for this call; the next one asks again
+                    self._resolved = found
         return self._resolved
 
 
-def probe(channel: grpc.Channel, timeout: float = 10.0) -> Namespace:
-    """Which namespace the server behind `channel` speaks, asked with a Stat of a zero digest."""
+def probe(channel: grpc.Channel, timeout: float = 10.0) -> Namespace | None:
+    """Which namespace the server behind `channel` speaks, asked with a Stat of a zero digest;
+    None while the server cannot be reached."""
     from ..pb import rpc_blobstore_pb2 as bpb
 
     stat = channel.unary_unary(
@@ -78,6 +82,6 @@ def probe(channel: grpc.Channel, timeout: float = 10.0) -> Namespace:
             log.info("server does not speak the tvix namespace; using snix")
             return Namespace.SNIX
         if code is grpc.StatusCode.UNAVAILABLE:
-            # Decide later, when the server is up; this call will report the outage.
-            return Namespace.TVIX
+            # Decide when the server is up; the call that asked will report the outage.
+            return None
     return Namespace.TVIX

@@ -315,7 +315,7 @@ def check_server_tls(tls: ServerTlsOptions) -> None:
         probe.add_secure_port("127.0.0.1:0", server_credentials(tls))
     except RuntimeError:
         raise InvalidTlsConfig(
-            "gRPC refused the TLS certificate and private key (--tls-cert, --tls-key): "
+            "gRPC refused the TLS certificate and private key: "
             "does the key belong to the certificate?"
         ) from None
     finally:

@@ -24,9 +24,6 @@ from .memory import (
     open_memory_store,
 )
 
-EmbeddedStore = Services
-"""The name `connect` still imports; an embedded store is a plain `Services`."""
-
 
 def open_embedded_store(address: Address, formula: SizeFormula = SizeFormula.CURRENT) -> Services:
     """The store a `memory://` or `file:///abs/path` address names."""
@@ -38,7 +35,6 @@ def open_embedded_store(address: Address, formula: SizeFormula = SizeFormula.CUR
 
 
 __all__ = [
-    "EmbeddedStore",
     "FileBlobService",
     "FileDirectoryService",
     "FilePathInfoService",
