@@ -9,19 +9,28 @@ for larger blobs the choice between one whole-blob stream and single chunk fetch
 A read of a small blob that is already in memory is answered by `cached` without blocking, so
 the filesystem serves it on its event loop; anything else blocks, in exactly one call
 (`OpenBlob.read_at`), which the filesystem runs on one worker thread.
+
+What a FileNode claims is checked too, so that one store path cannot change what another
+shows: the size it announces must be the blob's (a cached blob of another size is an error
+for this node only), and a node announced empty must name the empty blob. A chunk list proven
+to belong to its blob (see `chunked_reader`) is remembered in the caches, in memory and on
+disk, under a digest of the blob and the list, so that it is proven once per host, not per
+open file.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 
 from .chunk_cache import ChunkCache
 from .chunked_reader import check_range, fetch_verified, open_blob
-from .digest import B3Digest
-from .errors import Unavailable
+from .digest import EMPTY_DIGEST, B3Digest
+from .errors import DigestMismatch, Unavailable
 from .services import BlobReader, BlobService, ChunkMeta
+from .spool import DEFAULT_SPOOL, Spool
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +56,12 @@ class BlobReaders:
         cache: ChunkCache | None = None,
         *,
         timeout: float | None = None,
+        spool: Spool = DEFAULT_SPOOL,
     ) -> None:
         self.service = service
         self.cache = cache if cache is not None else ChunkCache()
         self.timeout = timeout
+        self.spool = spool
 
     @staticmethod
     def is_small(size: int) -> bool:
@@ -60,7 +71,8 @@ class BlobReaders:
         """The whole of a small blob if it is in memory; never blocks."""
         if size > SMALL_BLOB:
             return None
-        return self.cache.peek(digest)
+        data = self.cache.peek(digest)
+        return None if data is None else _claimed(data, digest, size)
 
     def has(self, digest: B3Digest) -> bool:
         """Whether the blob (or chunk) is in memory, without counting it as a use."""
@@ -69,10 +81,12 @@ class BlobReaders:
     def fetch_small(self, digest: B3Digest, size: int) -> bytes:
         """A small blob whole, verified, through the caches (blocking)."""
         meta = ChunkMeta(digest, size)
-        return self.cache.get(digest, lambda: self._fetch(meta, "blob"))
+        return _claimed(self.cache.get(digest, lambda: self._fetch(meta, "blob")), digest, size)
 
     def open(self, digest: B3Digest, size: int) -> OpenBlob:
         """A reader for one open file; costs nothing until its first read."""
+        if size == 0 and digest != EMPTY_DIGEST:
+            raise DigestMismatch(f"blob {digest}: announced as empty, but it is not the empty blob")
         return OpenBlob(self, digest, size)
 
     def _fetch(self, meta: ChunkMeta, what: str) -> bytes:
@@ -89,7 +103,33 @@ class BlobReaders:
             timeout=self.timeout,
             fetch=lambda meta: self.cache.get(meta.digest, lambda: self._fetch(meta, "chunk")),
             cache=self.cache,
+            spool=self.spool,
+            proven=lambda chunks: (
+                self.cache.peek(_proof_key(digest, chunks), disk=True) is not None
+            ),
+            on_proven=lambda chunks: self.cache.put(*_proof(digest, chunks)),
         )
+
+
+def _claimed(data: bytes, digest: B3Digest, size: int) -> bytes:
+    """`data` (verified against `digest`) if it also has the size the node announced."""
+    if len(data) != size:
+        raise DigestMismatch(f"blob {digest}: announced as {size} bytes, but it has {len(data)}")
+    return data
+
+
+def _proof(digest: B3Digest, chunks: list[ChunkMeta]) -> tuple[B3Digest, bytes]:
+    """A cache entry that exists only for a chunk list proven to be `digest`'s: the blob's
+    digest and the list, stored under their own digest (so the disk cache verifies it too)."""
+    record = b"".join(
+        [b"castore proven chunk list\0", digest.raw]
+        + [chunk.digest.raw + struct.pack(">Q", chunk.size) for chunk in chunks]
+    )
+    return B3Digest.of(record), record
+
+
+def _proof_key(digest: B3Digest, chunks: list[ChunkMeta]) -> B3Digest:
+    return _proof(digest, chunks)[0]
 
 
 class _SmallBlob:

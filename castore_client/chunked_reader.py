@@ -1,13 +1,16 @@
 """Seekable readers over blobs that never hand out a byte before it has been verified.
 
-A blob Stat'ed with a chunk list is read chunk by chunk: a read touches only the chunks that
-cover the requested range, and each chunk's size and BLAKE3 are checked before any of its bytes
-are returned. A blob without a chunk list can only be verified whole, so it is downloaded and
-hashed completely first, kept in memory while small and spooled to an unlinked temporary file
-past a threshold, so that a large unchunked blob never sits in RAM.
+A blob without a chunk list can only be verified whole, so it is downloaded and hashed
+completely first and then served from what was kept (`spool`: memory while small, an unlinked
+file past that), so that a large blob never sits in RAM.
 
-For chunked blobs the blob digest itself cannot be checked without reading everything; the
-chunk list is trusted to belong to the blob, as in every castore client.
+A chunk list comes from the server's Stat, and each chunk can be checked against its own
+digest; but only all chunks together, hashed in order, show that the list belongs to the blob
+(a server could answer Stat(X) with Y's chunks). So a list is proven before any byte read
+through it is handed out: the first read streams the whole blob (or, where the stream fails,
+fetches the rest chunk by chunk), checks every chunk and the whole, and keeps the bytes. A list
+proven once (`proven=True`, which `blob_readers` remembers) is read lazily: a read touches only
+the chunks that cover it, each verified on arrival.
 
 Every check goes through `verify.Verifier`, the one place where bytes meet the digest that
 names them.
@@ -17,13 +20,10 @@ from __future__ import annotations
 
 import bisect
 import logging
-import os
 import queue
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO
 
 from .cancel import CancelScope
 from .chunk_cache import ChunkCache
@@ -35,13 +35,18 @@ from .errors import (
     DigestMismatch,
     InvalidChunkList,
     InvalidInput,
+    TooLarge,
 )
+from .pipeline import OrderedWorker
 from .services import BlobService, ChunkMeta
+from .spool import DEFAULT_SPOOL, KeptBlob, Spool
 from .verify import Verifier, verified
 
 log = logging.getLogger(__name__)
 
-SPOOL_THRESHOLD = 16 << 20
+MAX_CHUNK = 4 << 20
+"""The largest chunk a chunk list may announce: real servers cut at 512 KiB or less, and a
+chunk is held whole while it is verified, so a larger claim is refused outright."""
 
 STREAM_REACH = 16
 """How far ahead of its position a whole-blob stream serves a request, in chunks.
@@ -78,16 +83,28 @@ def open_blob(
     *,
     timeout: float | None = None,
     fetch: ChunkFetcher | None = None,
-    spool_threshold: int = SPOOL_THRESHOLD,
+    spool: Spool = DEFAULT_SPOOL,
     cache: ChunkCache | None = None,
+    proven: Callable[[list[ChunkMeta]], bool] = lambda chunks: False,
+    on_proven: Callable[[list[ChunkMeta]], None] = lambda chunks: None,
 ) -> ChunkedReader | WholeBlobReader:
     """Stat the blob and return the reader that fits its shape.
 
     `fetch` lets a caller put a cache in front of chunk downloads; it must return verified
-    bytes (wrap `fetch_verified`). The filesystem does not call this directly: it goes through
-    `blob_readers.BlobReaders`, which also skips the Stat for small blobs.
+    bytes (wrap `fetch_verified`). `proven` says whether a chunk list was proven before, and
+    `on_proven` hears of each list proven now. The filesystem does not call this directly: it
+    goes through `blob_readers.BlobReaders`, which also skips the Stat for small blobs.
     """
     chunks = service.stat(digest, timeout=timeout)
+    if len(chunks) == 1:
+        # A blob of one chunk is that chunk; anything else is a list that cannot be right.
+        only = chunks[0]
+        if only.digest != digest or (size is not None and only.size != size):
+            raise InvalidChunkList(
+                f"blob {digest}: a chunk list of one chunk ({only.digest}, {only.size} bytes) "
+                "that is not the blob itself"
+            )
+        chunks = []
     if chunks:
         if fetch is None:
 
@@ -97,8 +114,18 @@ def open_blob(
         def stream() -> Pieces:
             return service.read(digest, timeout=timeout)
 
-        return ChunkedReader(digest, chunks, fetch, size, stream=stream, cache=cache)
-    return WholeBlobReader(service, digest, size, timeout=timeout, spool_threshold=spool_threshold)
+        return ChunkedReader(
+            digest,
+            chunks,
+            fetch,
+            size,
+            stream=stream,
+            cache=cache,
+            spool=spool,
+            proven=proven(chunks),
+            on_proven=lambda: on_proven(chunks),
+        )
+    return WholeBlobReader(service, digest, size, timeout=timeout, spool=spool)
 
 
 def check_range(offset: int, length: int) -> None:
@@ -109,10 +136,13 @@ def check_range(offset: int, length: int) -> None:
 class ChunkedReader:
     """Random access over a chunk list: binary search on cumulative offsets.
 
-    Reads that start near the beginning and go forward, even with requests out of order by a
-    few chunks, are served from one Read of the whole blob, cut at the chunk boundaries and
-    verified chunk by chunk as the bytes arrive: one stream instead of one round trip per
-    chunk. Any other access, and everything after a stream failed, fetches single chunks.
+    An unproven list is proven at the first read (see the module's docstring) and the blob
+    then served from what the proof kept; if the spool had no room for it, or the list was
+    proven before, reads go to the chunks themselves. Then reads that start near the
+    beginning and go forward, even with requests out of order by a few chunks, are served from
+    one Read of the whole blob, cut at the chunk boundaries and verified chunk by chunk as the
+    bytes arrive: one stream instead of one round trip per chunk. Any other access, and
+    everything after a stream failed, fetches single chunks.
     """
 
     def __init__(
@@ -124,6 +154,9 @@ class ChunkedReader:
         *,
         stream: Callable[[], Pieces] | None = None,
         cache: ChunkCache | None = None,
+        spool: Spool = DEFAULT_SPOOL,
+        proven: bool = False,
+        on_proven: Callable[[], None] = lambda: None,
     ) -> None:
         self.digest = digest
         self.chunks = tuple(chunks)
@@ -146,6 +179,10 @@ class ChunkedReader:
         self._stream: StreamReadahead | None = None
         self._stream_next = 0
         self._stream_failed = False
+        self._spool = spool
+        self.proven = proven
+        self._on_proven = on_proven
+        self._kept: KeptBlob | None = None
 
     def chunk_range(self, offset: int, length: int) -> range:
         """Indices of the chunks that cover [offset, offset+length), clipped to the blob."""
@@ -161,6 +198,11 @@ class ChunkedReader:
         check_range(offset, length)
         parts = []
         with self._lock:
+            if not self.proven:
+                self._prove()
+            if self._kept is not None:
+                assert self.size is not None
+                return self._kept.read(offset, max(min(length, self.size - offset), 0))
             for index in self.chunk_range(offset, length):
                 data = self._chunk(index)
                 start = self._starts[index]
@@ -168,6 +210,95 @@ class ChunkedReader:
                 hi = min(offset + length - start, len(data))
                 parts.append(data[lo:hi] if (lo, hi) != (0, len(data)) else data)
         return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+
+    def _prove(self) -> None:
+        """Read the whole blob once, checking each chunk and all of them against the blob.
+
+        The stream is cut on this thread, checked and hashed on a second and kept on a third
+        (hashing and file writes release the GIL): measured on 256 MiB over a unix socket,
+        proving all on one thread ran at 390 MB/s, the raw stream at 700.
+        """
+        whole = Verifier(self.digest, self.size, f"blob {self.digest}")
+        kept = KeptBlob(self._spool)
+        try:
+            taken = self._prove_from_stream(whole, kept)
+            for index in range(taken, len(self.chunks)):
+                meta = self.chunks[index]
+                try:
+                    data = self._fetch(meta)
+                except BlobNotFound as exc:
+                    raise BlobNotFound(f"chunk {meta.digest} of blob {self.digest}: {exc}") from exc
+                self._take(index, data, whole, kept)
+            try:
+                whole.finish()
+            except DigestMismatch as exc:
+                log.error("blob %s: its chunk list does not add up (%s)", self.digest, exc)
+                raise InvalidChunkList(
+                    f"blob {self.digest}: the chunks its Stat named are not this blob ({exc})"
+                ) from None
+        except BaseException:
+            kept.close()
+            raise
+        kept.finish()
+        self.proven = True
+        self._on_proven()
+        if not kept.dropped:
+            self._kept = kept
+
+    def _prove_from_stream(self, whole: Verifier, kept: KeptBlob) -> int:
+        """How many chunks, from the first, the whole-blob stream delivered sound."""
+        if self._open_stream is None:
+            return 0
+        taken = 0
+
+        def keep(item: tuple[int, bytes]) -> None:
+            self._keep(*item, kept)
+
+        def check(item: tuple[int, bytes]) -> None:
+            nonlocal taken
+            index, data = item
+            _verify_chunk(data, self.chunks[index], self.digest)
+            whole.update(data)
+            taken += 1
+            keeper.submit(item)
+
+        failure: CastoreError | None = None
+        with (
+            OrderedWorker(keep, depth=4, name="castore-keep") as keeper,
+            OrderedWorker(check, depth=4, name="castore-prove") as worker,
+        ):
+            try:
+                for item in enumerate(_cut_chunks(self._open_stream(), self.digest, self.chunks)):
+                    worker.submit(item)
+            except Cancelled:
+                raise
+            except CastoreError as exc:
+                failure = exc
+            try:
+                worker.finish()
+            except Cancelled:
+                raise
+            except CastoreError as exc:
+                failure = failure or exc
+            keeper.finish()
+        if failure is not None:
+            log.warning(
+                "blob %s: whole-blob stream failed at chunk %d (%s); reading the rest chunk by "
+                "chunk",
+                self.digest,
+                taken,
+                failure,
+            )
+        return taken
+
+    def _take(self, index: int, data: bytes, whole: Verifier, kept: KeptBlob) -> None:
+        whole.update(data)
+        self._keep(index, data, kept)
+
+    def _keep(self, index: int, data: bytes, kept: KeptBlob) -> None:
+        if self._cache is not None:
+            self._cache.put(self.chunks[index].digest, data, memory=False)
+        kept.write(data)
 
     def _chunk(self, index: int) -> bytes:
         recent = self._recent.get(index)
@@ -271,6 +402,9 @@ class ChunkedReader:
             self._close_stream()
             self._recent.clear()
             self._early.clear()
+            if self._kept is not None:
+                self._kept.close()
+                self._kept = None
 
 
 class StreamReadahead:
@@ -339,12 +473,18 @@ def _verified_chunks(
     pieces: Pieces, digest: B3Digest, chunks: Sequence[ChunkMeta]
 ) -> Iterator[bytes]:
     """Cut a whole-blob stream at the chunk boundaries; yield each chunk once it verifies."""
+    for index, data in enumerate(_cut_chunks(pieces, digest, chunks)):
+        yield _verify_chunk(data, chunks[index], digest)
+
+
+def _cut_chunks(pieces: Pieces, digest: B3Digest, chunks: Sequence[ChunkMeta]) -> Iterator[bytes]:
+    """Cut a whole-blob stream at the chunk boundaries, unverified (the caller verifies)."""
     buf = bytearray()
     index = 0
     try:
         for piece in pieces:
             if not buf and index < len(chunks) and len(piece) == chunks[index].size:
-                yield _verify_chunk(bytes(piece), chunks[index], digest)
+                yield bytes(piece)
                 index += 1
                 continue
             buf += piece
@@ -352,7 +492,7 @@ def _verified_chunks(
                 size = chunks[index].size
                 data = bytes(buf[:size])
                 del buf[:size]
-                yield _verify_chunk(data, chunks[index], digest)
+                yield data
                 index += 1
             if index == len(chunks) and buf:
                 raise DigestMismatch(f"blob {digest}: server sent more bytes than its chunks hold")
@@ -373,12 +513,19 @@ def _chunk_starts(digest: B3Digest, chunks: Sequence[ChunkMeta]) -> list[int]:
     for meta in chunks:
         if meta.size <= 0:
             raise InvalidChunkList(f"blob {digest}: chunk {meta.digest} has size {meta.size}")
+        if meta.size > MAX_CHUNK:
+            raise InvalidChunkList(
+                f"blob {digest}: chunk {meta.digest} claims {meta.size} bytes, more than the "
+                f"{MAX_CHUNK} a chunk may have"
+            )
         starts.append(starts[-1] + meta.size)
     return starts
 
 
 class WholeBlobReader:
-    """A blob that arrives as one stream: downloaded and verified whole on first read."""
+    """A blob that arrives as one stream: downloaded and verified whole on first read, then
+    served from what was kept. A blob larger than the spool has room for cannot be verified
+    here, and its reads fail (TooLarge) rather than hand out unverified bytes."""
 
     def __init__(
         self,
@@ -387,58 +534,47 @@ class WholeBlobReader:
         size: int | None = None,
         *,
         timeout: float | None = None,
-        spool_threshold: int = SPOOL_THRESHOLD,
+        spool: Spool = DEFAULT_SPOOL,
     ) -> None:
         self.digest = digest
         self.size = size
         self._service = service
         self._timeout = timeout
-        self._threshold = spool_threshold
+        self._spool = spool
         self._lock = threading.Lock()
-        self._memory: bytes | None = None
-        self._file: IO[bytes] | None = None
+        self._kept: KeptBlob | None = None
 
     def read_at(self, offset: int, length: int) -> bytes:
         check_range(offset, length)
         with self._lock:
-            if self._memory is None and self._file is None:
-                self._download()
-        if self._memory is not None:
-            return self._memory[offset : offset + length]
-        assert self._file is not None
-        return os.pread(self._file.fileno(), length, offset)
+            if self._kept is None:
+                self._kept = self._download()
+            kept = self._kept
+        return kept.read(offset, max(min(length, kept.size - offset), 0))
 
-    def _download(self) -> None:
+    def _download(self) -> KeptBlob:
         check = Verifier(self.digest, self.size, f"blob {self.digest}")
-        buf = bytearray()
-        spool: IO[bytes] | None = None
+        kept = KeptBlob(self._spool)
         try:
             for piece in self._service.read(self.digest, timeout=self._timeout):
                 check.update(piece)
-                if spool is None:
-                    buf += piece
-                    if len(buf) > self._threshold:
-                        spool = tempfile.TemporaryFile(prefix="castore-blob-")  # noqa: SIM115
-                        spool.write(buf)
-                        buf = bytearray()
-                else:
-                    spool.write(piece)
+                if not kept.write(piece):
+                    raise TooLarge(
+                        f"blob {self.digest}: more than the {self._spool.limit} bytes this "
+                        "client may hold to verify a blob"
+                    )
             check.finish()
+            kept.finish()
+            if kept.dropped:
+                raise TooLarge(f"blob {self.digest}: cannot keep it to verify it")
         except BaseException:
-            if spool is not None:
-                spool.close()
+            kept.close()
             raise
-        total = check.received
-        self.size = total
-        if spool is None:
-            self._memory = bytes(buf)
-        else:
-            spool.flush()
-            self._file = spool
-            log.debug("blob %s (%d bytes) spooled to a temporary file", self.digest, total)
+        self.size = check.received
+        return kept
 
     def close(self) -> None:
-        self._memory = None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with self._lock:
+            kept, self._kept = self._kept, None
+        if kept is not None:
+            kept.close()

@@ -31,6 +31,7 @@ errno in one place (`castore_fuse.errno_map`). Nothing outside `rpc/` ever sees 
     ├── UnsupportedStoreVersion       a file store written by a newer castore
     ├── ListenFailed                  a server cannot bind its address (an OSError)
     ├── Rejected                      the server refused a request (invalid argument, ...)
+    ├── TooLarge                      a blob is larger than this client may hold to verify it
     └── Unavailable                   the service could not be reached or timed out
         ├── Cancelled                 the caller gave up on the call (not the server)
         └── StoreClosed               an embedded store was used after close() (a RuntimeError)
@@ -181,6 +182,10 @@ class ListenFailed(CastoreError, OSError):
 
 class Rejected(CastoreError):
     """The server answered with an error status that says the request itself was refused."""
+
+
+class TooLarge(CastoreError):
+    """A blob that can only be verified whole does not fit in the room set aside for that."""
 
 
 class Unavailable(CastoreError):

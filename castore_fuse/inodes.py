@@ -1,9 +1,12 @@
 """Inode numbers for castore nodes: identical content gets the same inode, wherever it appears.
 
-Content is immutable and addressed by digest, so an inode stands for *what* a node is, not
-where it is: every directory with the same digest is one inode, every file with the same blob
-(and executable bit) is one, every symlink with the same target is one. Inodes are never
-freed: the table grows with the distinct content a mount has seen, not with its paths.
+Content is immutable and addressed by digest, so an inode stands for *what* a node claims,
+not where it is: every directory with the same digest and size is one inode, every file with
+the same blob, size and executable bit is one, every symlink with the same target is one. The
+size is part of the key because it is the node's claim, not the blob's: a store path that
+names a blob with a wrong size must not change what honest paths to the same blob show (its
+own reads fail verification instead). Inodes are never freed: the table grows with the
+distinct content a mount has seen, not with its paths.
 """
 
 from __future__ import annotations
@@ -74,8 +77,8 @@ class InodeTracker:
         self._data: dict[int, InodeData] = {}
         # One table per kind, so that the keys need no kind tag: this runs for every entry of
         # every directory listed.
-        self._files: dict[tuple[B3Digest, bool], int] = {}
-        self._directories: dict[B3Digest, int] = {}
+        self._files: dict[tuple[B3Digest, int, bool], int] = {}
+        self._directories: dict[tuple[B3Digest, int], int] = {}
         self._symlinks: dict[bytes, int] = {}
         self._next = ROOT_INODE + 1
 
@@ -84,9 +87,9 @@ class InodeTracker:
         table: dict[Any, int]
         key: Any
         if type(node) is FileNode:
-            table, key = self._files, (node.digest, node.executable)
+            table, key = self._files, (node.digest, node.size, node.executable)
         elif type(node) is DirectoryNode:
-            table, key = self._directories, node.digest
+            table, key = self._directories, (node.digest, node.size)
         else:
             assert isinstance(node, SymlinkNode)
             table, key = self._symlinks, node.target

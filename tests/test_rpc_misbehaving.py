@@ -240,15 +240,16 @@ def test_sequential_and_random_reads_over_any_message_size(piece: int) -> None:
         assert reader.read_at(3, 4) == fx.BLOB_B[3:7]
 
 
-@pytest.mark.parametrize("sequential", [True, False])
-def test_corrupt_chunk_yields_no_bytes(sequential: bool) -> None:
+@pytest.mark.parametrize("offset", [0, HALF - 5])
+def test_corrupt_chunk_yields_no_bytes(offset: int) -> None:
+    """The chunk list cannot be proven while one of its chunks is corrupt, so no byte read
+    through it is served, not even from the sound chunk."""
     with chunk_server(FIRST, SECOND[:-1] + b"\x00") as target:
         reader = open_blob(blob_service(target), B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
-        if sequential:
-            assert reader.read_at(0, 20) == fx.BLOB_B[:20]
         with pytest.raises(DigestMismatch) as info:
-            reader.read_at(HALF - 5, 10)
-        assert reader.read_at(10, 20) == fx.BLOB_B[10:30]
+            reader.read_at(offset, 10)
+        with pytest.raises(DigestMismatch):
+            reader.read_at(10, 20)
     assert str(B3Digest(fx.b3(SECOND))) in str(info.value)
 
 

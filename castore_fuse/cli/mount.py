@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING
 
 from castore_client.errors import InvalidDigest
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from castore_client.digest import B3Digest
     from castore_client.rpc.namespace import Namespace
     from castore_client.services import Services
+    from castore_client.spool import Spool
 
     from ..fs_model import CastoreFilesystem
 
@@ -119,7 +121,7 @@ def _filesystem(
     else:
         root_nodes = PathInfoRootNodes(services.path_infos)
     return CastoreFilesystem(
-        BlobReaders(services.blobs, _chunk_cache(args)),
+        BlobReaders(services.blobs, _chunk_cache(args), spool=_spool(args)),
         services.directories,
         root_nodes,
         list_root=args.list_root,
@@ -141,6 +143,16 @@ def _chunk_cache(args: argparse.Namespace) -> ChunkCache:
         except OSError as exc:
             raise UsageError(f"--cache-dir {args.cache_dir}: {exc.strerror}") from None
     return ChunkCache(memory, disk)
+
+
+def _spool(args: argparse.Namespace) -> Spool:
+    """Blobs verified whole are kept next to the disk cache, within its size; else in the
+    system's temporary directory, within the default limit."""
+    from castore_client.spool import Spool
+
+    if not args.cache_dir:
+        return Spool()
+    return Spool(os.path.join(args.cache_dir, ".spool"), _size("--cache-size", args.cache_size))
 
 
 def _size(flag: str, text: str) -> int:
