@@ -231,6 +231,43 @@ def test_read_only_cache_serves_hits_and_fetches_misses(
     assert len(messages) <= 3, messages
 
 
+@contextlib.contextmanager
+def immutable(path: pathlib.Path) -> Iterator[pathlib.Path]:
+    """`path` with the immutable attribute: EPERM for every change, root included."""
+    require_root()
+    if subprocess.run(["chattr", "+i", str(path)], check=False, capture_output=True).returncode:
+        pytest.skip(f"chattr +i is not supported on {path}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=False, capture_output=True)
+
+
+def test_shard_that_cannot_be_written_to(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    disk = DiskChunkCache(tmp_path, 1 << 20)
+    memory = ChunkCache(1, disk)
+    digest, data = chunk(1)
+    disk.put(digest, data)
+    rotten, rotten_data = chunk(72)  # the same shard as chunk 1
+    assert rotten.raw.hex()[:2] == digest.raw.hex()[:2]
+    disk.put(rotten, rotten_data)
+    entry_path(tmp_path, rotten).write_bytes(b"rot")
+    other, other_data = chunk(136)
+    assert other.raw.hex()[:2] == digest.raw.hex()[:2]
+    with (
+        immutable(entry_path(tmp_path, digest).parent),
+        caplog.at_level(logging.DEBUG, logger="castore_client.disk_cache"),
+    ):
+        assert memory.get(digest, lambda: pytest.fail("a hit was fetched")) == data
+        assert memory.get(rotten, lambda: rotten_data) == rotten_data
+        assert memory.get(other, lambda: other_data) == other_data
+        assert disk.get(other) is None
+    messages = [r.getMessage() for r in warnings_from_cache(caplog)]
+    assert any("Operation not permitted" in m for m in messages), messages
+
+
 def test_start_on_a_directory_that_cannot_be_created(tmp_path: pathlib.Path) -> None:
     (tmp_path / "empty").mkdir()
     with (
