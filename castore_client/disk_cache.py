@@ -36,7 +36,8 @@ import time
 from collections.abc import Iterator
 
 from .digest import B3Digest
-from .errors import CastoreError, DigestMismatch, InvalidSize
+from .errors import CastoreError, DigestMismatch
+from .units import parse_size  # noqa: F401 - moved there; kept importable from here
 from .verify import verified
 
 log = logging.getLogger(__name__)
@@ -58,22 +59,6 @@ _LOCK = ".lock"
 
 class CacheDirUnusable(CastoreError, OSError):
     """The cache directory can neither be created nor read, so there is no cache to start."""
-
-
-def parse_size(text: str) -> int:
-    """`512M`, `2G`, `1.5T`, `100000` (bytes); binary units."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
-    number, unit = (
-        (cleaned[:-1], cleaned[-1]) if cleaned[-1:] in ("K", "M", "G", "T") else (cleaned, "")
-    )
-    try:
-        value = float(number)
-    except ValueError:
-        raise InvalidSize(f"{text!r} is not a size; use e.g. 512M or 2G") from None
-    if value <= 0:
-        raise InvalidSize(f"{text!r}: a size must be positive")
-    return int(value * units[unit])
 
 
 class _Complaints:
