@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterator
 
 from .digest import B3Digest
-from .errors import CastoreError, DigestMismatch
+from .errors import CacheDirUnusable, DigestMismatch
 from .units import parse_size  # noqa: F401 - moved there; kept importable from here
 from .verify import verified
 
@@ -55,10 +55,6 @@ _CHUNK = re.compile(r"[0-9a-f]{64}")
 _TEMPORARY = ".tmp-"
 _SIZE = ".size"
 _LOCK = ".lock"
-
-
-class CacheDirUnusable(CastoreError, OSError):
-    """The cache directory can neither be created nor read, so there is no cache to start."""
 
 
 class _Complaints:

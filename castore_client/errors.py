@@ -32,6 +32,7 @@ errno in one place (`castore_fuse.errno_map`). Nothing outside `rpc/` ever sees 
     ├── ListenFailed                  a server cannot bind its address (an OSError)
     ├── Rejected                      the server refused a request (invalid argument, ...)
     ├── TooLarge                      a blob is larger than this client may hold to verify it
+    ├── CacheDirUnusable              a cache directory that cannot be made or read (an OSError)
     └── Unavailable                   the service could not be reached or timed out
         ├── Cancelled                 the caller gave up on the call (not the server)
         └── StoreClosed               an embedded store was used after close() (a RuntimeError)
@@ -182,6 +183,10 @@ class ListenFailed(CastoreError, OSError):
 
 class Rejected(CastoreError):
     """The server answered with an error status that says the request itself was refused."""
+
+
+class CacheDirUnusable(CastoreError, OSError):
+    """The cache directory can neither be created nor read, so there is no cache to start."""
 
 
 class TooLarge(CastoreError):

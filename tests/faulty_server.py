@@ -7,7 +7,11 @@ address (a server that goes away and comes back). The faults, all in one `Faults
   flip(digest)                  serve one flipped byte in a blob or chunk
   truncate(digest, after)       end a Read stream (cleanly) after `after` bytes
   drop(digest, after=0)         end a Read stream (or Stat, or Get) with UNAVAILABLE
-  chunk_list(digest, chunks)    answer Stat with this chunk list (see `bad_chunk_list`)
+  chunk_list(digest, chunks)    answer Stat with this chunk list (see `bad_chunk_list`), or
+                                with another blob's (a Stat that lies)
+  substitute(digest, other)     answer Read of `digest` with the bytes of `other` (a Read that
+                                lies consistently, with a chunk list that lies the same way)
+  zeros(digest, size)           answer Read of `digest` with `size` zero bytes, made as sent
   serve_directory(digest, dir)  answer Get for `digest` with `dir` (invalid or not its own)
   add_directory(dir)            serve a Directory the store does not hold (a parent of an
                                 invalid one, which the store would refuse to take)
@@ -67,6 +71,8 @@ class Faults:
         self.truncated_closures: set[B3Digest] = set()
         self.stalls: dict[B3Digest, threading.Event] = {}
         self.extra_path_infos: dict[bytes, PathInfo] = {}
+        self.substitutes: dict[B3Digest, B3Digest] = {}
+        self.zero_streams: dict[B3Digest, int] = {}
         self.served: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -83,6 +89,12 @@ class Faults:
 
     def chunk_list(self, digest: B3Digest, chunks: Iterable[ChunkMeta]) -> None:
         self.chunk_lists[digest] = list(chunks)
+
+    def substitute(self, digest: B3Digest, other: B3Digest) -> None:
+        self.substitutes[digest] = other
+
+    def zeros(self, digest: B3Digest, size: int) -> None:
+        self.zero_streams[digest] = size
 
     def serve_directory(self, digest: B3Digest, directory: Directory) -> None:
         self.directories[digest] = directory
@@ -126,13 +138,22 @@ class Faults:
                 self.extra_directories,
                 self.truncated_closures,
                 self.extra_path_infos,
+                self.substitutes,
+                self.zero_streams,
             ):
                 table.clear()
             return
         self.release(digest)
         self.flipped.discard(digest)
         self.truncated_closures.discard(digest)
-        for mapping in (self.truncated, self.dropped, self.chunk_lists, self.directories):
+        for mapping in (
+            self.truncated,
+            self.dropped,
+            self.chunk_lists,
+            self.directories,
+            self.substitutes,
+            self.zero_streams,
+        ):
             mapping.pop(digest, None)  # type: ignore[attr-defined]
 
     # -- serving --------------------------------------------------------------------------------
@@ -212,6 +233,14 @@ class FaultyBlobService(CorruptingBlobService):
 
     def read(self, digest: B3Digest, *, timeout: float | None = None) -> Iterator[bytes]:
         faults = self.faults
+        other = faults.substitutes.get(digest)
+        if other is not None:
+            faults.count("substitute")
+            return self.read(other, timeout=timeout)
+        zeros = faults.zero_streams.get(digest)
+        if zeros is not None:
+            faults.count("zeros")
+            return _zeros(zeros)
         if not (faults.flipped or faults.truncated or faults.dropped or faults.stalls):
             return self.inner.read(digest, timeout=timeout)
         if faults.affects(digest):
@@ -246,6 +275,12 @@ class FaultyBlobService(CorruptingBlobService):
                     return
             sent += len(data)
             yield data
+
+
+def _zeros(size: int, piece: int = 1 << 20) -> Iterator[bytes]:
+    block = bytes(piece)
+    for start in range(0, size, piece):
+        yield block[: min(piece, size - start)]
 
 
 class FaultyDirectoryService(InvalidDirectoryService):
