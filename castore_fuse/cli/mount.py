@@ -156,7 +156,7 @@ def _spool(args: argparse.Namespace) -> Spool:
 
 
 def _size(flag: str, text: str) -> int:
-    from castore_client.disk_cache import parse_size
+    from castore_client.units import parse_size
 
     try:
         return parse_size(text)
