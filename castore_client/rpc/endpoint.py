@@ -15,9 +15,10 @@ import grpc
 
 from ..address import Address
 from ..cancel import check_cancelled
-from ..errors import Unavailable
+from ..deadlines import DEFAULT_DEADLINE
+from ..errors import Cancelled, Unavailable
 from ..tls import TlsOptions
-from .cancellation import StreamCall, await_future
+from .cancellation import WATCHDOG, DeadlineExpired, StreamCall, UploadWatch, await_future
 from .channel import channel_for, tls_failure
 from .failover import Failover
 from .namespace import Namespace, ResolvedNamespace, service_name
@@ -128,6 +129,7 @@ class Endpoint:
 
         An idempotent stream that fails before its first message is retried; once messages
         have arrived, resuming is the caller's business (it knows what it already has).
+        `timeout` bounds the wait for each message, not the whole stream (see `cancellation`).
         """
 
         def start() -> Any:
@@ -138,7 +140,7 @@ class Endpoint:
                 type(request).SerializeToString,
                 response_type.FromString,
             )
-            return call(request, timeout=budget.remaining())
+            return call(request)
 
         check_cancelled()
         budget = self._budget(timeout, idempotent)
@@ -156,7 +158,8 @@ class Endpoint:
         """Send a request stream; an exception raised while producing it is re-raised here.
 
         grpcio consumes the iterator on its own thread and would turn such an exception into
-        an anonymous CANCELLED status, losing the reason.
+        an anonymous CANCELLED status, losing the reason. `timeout` bounds how long the server
+        may keep each message (and, after the last, the answer) waiting, not the upload.
         """
         call = self._callable(
             "stream_unary",
@@ -174,12 +177,19 @@ class Endpoint:
                 failure.append(exc)
                 raise
 
+        watch = UploadWatch(DEFAULT_DEADLINE if timeout is None else timeout)
+        watch.future = call.future(watch.requests(guarded()))
+        WATCHDOG.watch(watch)
         try:
-            response = await_future(call.future(guarded(), timeout=timeout))
-        except grpc.RpcError:
+            response = await_future(watch.future)
+        except (grpc.RpcError, Cancelled):
             if failure:
                 raise failure[0] from None
+            if watch.expired:
+                raise DeadlineExpired(watch.timeout) from None
             raise
+        finally:
+            WATCHDOG.unwatch(watch)
         if failure:
             raise failure[0]
         return response  # type: ignore[no-any-return]

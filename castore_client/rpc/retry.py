@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import grpc
 
 from ..cancel import sleep as cancel_sleep
+from ..deadlines import DEFAULT_DEADLINE
 from .status import RETRYABLE, code_of
 
 log = logging.getLogger(__name__)
@@ -20,11 +21,12 @@ log = logging.getLogger(__name__)
 class RetryPolicy:
     """Retries of idempotent calls: exponential backoff with full jitter.
 
-    With a deadline (the call's timeout) a call is retried until the deadline passes, so a
-    server that restarts within it is never noticed; without one, `attempts` bounds the tries.
+    A call is retried until its deadline passes, so a server that restarts within it is never
+    noticed. `attempts` can bound the tries further (None: as many as the deadline allows);
+    a bound alone used to give up after five quick tries, 0.4 s into an outage.
     """
 
-    attempts: int = 5
+    attempts: int | None = None
     initial_backoff: float = 0.05
     max_backoff: float = 2.0
 
@@ -35,8 +37,9 @@ class RetryPolicy:
 class Budget:
     """One logical call's deadline and attempt count across its retries.
 
-    `on_failure` hears the status of every failed attempt, retried or not, so that failover
-    can move the next attempt to another server.
+    Without a timeout the deadline is `DEFAULT_DEADLINE`: no call waits forever. `on_failure`
+    hears the status of every failed attempt, retried or not, so that failover can move the
+    next attempt to another server.
     """
 
     def __init__(
@@ -49,12 +52,11 @@ class Budget:
         self.policy = policy
         self.idempotent = idempotent
         self.on_failure = on_failure
-        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.timeout = DEFAULT_DEADLINE if timeout is None else timeout
+        self.deadline = time.monotonic() + self.timeout
         self.attempt = 1
 
-    def remaining(self) -> float | None:
-        if self.deadline is None:
-            return None
+    def remaining(self) -> float:
         return max(self.deadline - time.monotonic(), 0.001)
 
     def retry_after(self, exc: grpc.RpcError) -> bool:
@@ -63,10 +65,10 @@ class Budget:
         self.on_failure(code)
         if not self.idempotent or code not in RETRYABLE:
             return False
-        if self.deadline is None and self.attempt >= self.policy.attempts:
+        if self.policy.attempts is not None and self.attempt >= self.policy.attempts:
             return False
         delay = self.policy.backoff(self.attempt)
-        if self.deadline is not None and time.monotonic() + delay >= self.deadline:
+        if time.monotonic() + delay >= self.deadline:
             return False
         log.debug("retrying after %s (attempt %d, %.2f s)", code, self.attempt, delay)
         cancel_sleep(delay)
