@@ -15,6 +15,7 @@ from .options import (
     add_command,
     client_config,
     open_client,
+    size_option,
 )
 
 if TYPE_CHECKING:
@@ -80,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
     from ..mount import MountError, MountOptions, check_mountpoint, run_mount
 
     config = client_config(args)
+    # Every number is checked before anything is connected or mounted.
+    _size("--memory-cache-size", args.memory_cache_size)
+    _size("--cache-size", args.cache_size)
     root_digest = _root_digest(args.root_digest)
     try:
         mountpoint = check_mountpoint(args.mountpoint)
@@ -156,12 +160,7 @@ def _spool(args: argparse.Namespace) -> Spool:
 
 
 def _size(flag: str, text: str) -> int:
-    from castore_client.units import parse_size
-
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise UsageError(f"{flag}: {exc}") from None
+    return size_option(flag, text)
 
 
 def _root_digest(text: str | None) -> B3Digest | None:

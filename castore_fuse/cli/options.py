@@ -13,8 +13,10 @@ import os
 from typing import TYPE_CHECKING, TypeAlias
 
 from castore_client.address import DEFAULT_ADDRESS, Address
-from castore_client.errors import InvalidAddress, InvalidTlsConfig, Unavailable
+from castore_client.deadlines import DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE
+from castore_client.errors import InvalidAddress, InvalidSize, InvalidTlsConfig, Unavailable
 from castore_client.tls import read_pem
+from castore_client.units import parse_duration, parse_size
 
 if TYPE_CHECKING:
     from castore_client.connect import ClientConfig
@@ -83,18 +85,15 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     )
     addresses.add_argument(
         "--timeout",
-        type=float,
-        default=None,
         metavar="SECONDS",
-        help="deadline of each remote call, retries included; a dead server gives EIO after "
-        "it (default none)",
+        help="how long a remote call may wait for the server, retries included (for a stream: "
+        "for each message); a dead server gives EIO after it, a restart within it goes "
+        f"unnoticed (default {DEFAULT_DEADLINE:g}; also e.g. 500ms, 2m)",
     )
     addresses.add_argument(
         "--connect-timeout",
-        type=float,
-        default=10.0,
         metavar="SECONDS",
-        help="how long to wait for the server at startup (default 10)",
+        help=f"how long to wait for the server at startup (default {DEFAULT_CONNECT_TIMEOUT:g})",
     )
     tls = parser.add_argument_group(
         "TLS",
@@ -119,10 +118,30 @@ def client_config(args: argparse.Namespace) -> ClientConfig:
         directories,
         path_infos,
         namespace=Namespace.parse(args.protocol),
-        timeout=args.timeout,
-        connect_timeout=args.connect_timeout,
+        timeout=duration_option("--timeout", args.timeout, DEFAULT_DEADLINE),
+        connect_timeout=duration_option(
+            "--connect-timeout", args.connect_timeout, DEFAULT_CONNECT_TIMEOUT
+        ),
         tls=tls,
     )
+
+
+def duration_option(flag: str, text: str | None, default: float) -> float:
+    """A duration flag's value in seconds; the error names the flag."""
+    if text is None:
+        return default
+    try:
+        return parse_duration(text)
+    except InvalidSize as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+def size_option(flag: str, text: str) -> int:
+    """A size flag's value in bytes; the error names the flag."""
+    try:
+        return parse_size(text)
+    except InvalidSize as exc:
+        raise UsageError(f"{flag}: {exc}") from None
 
 
 def open_client(config: ClientConfig) -> Services:
