@@ -27,6 +27,7 @@ from .nar import NarHasher
 from .pathinfo import ContentAddress, HashType, NarInfo, PathInfo
 from .services import Services
 from .storepath import StorePath
+from .text import printable
 
 log = logging.getLogger(__name__)
 
@@ -176,13 +177,9 @@ def import_path(
     workers: int = 8,
 ) -> ImportResult:
     """Upload `path` and register it as the store path `nix-store --add` would create."""
-    source = os.path.abspath(os.fsencode(path))
-    name = os.path.basename(source)
-    try:
-        store_name = name.decode("ascii")
-        StorePath(bytes(20), store_name)
-    except (UnicodeDecodeError, CastoreError):
-        raise ImportFailed(f"{_show(source)}: {name!r} cannot be a store path name") from None
+    given = os.fsencode(path)
+    source = os.path.abspath(given)
+    store_name = _store_name(given, source)
     walker = _Walker(services, progress or Progress(), workers)
     try:
         node = walker.node(source, b"")
@@ -313,6 +310,42 @@ class _Walker:
         return FileNode(name, digest, size, executable)
 
 
+def nix_name(path: bytes) -> bytes:
+    """The name `nix-store --add PATH` gives the store path: what follows the last slash of
+    PATH as typed, after dropping one trailing slash.
+
+    The contents are those of the path made absolute with `.` and `..` resolved textually,
+    but the name is not taken from that: `src/tree/.` is named `.` (not `tree`), `src/tree/..`
+    is named `..`, `src/tree/` is `tree` and `src/tree//` has an empty name (what nix-store
+    2.8 does with each).
+    """
+    if len(path) > 1 and path.endswith(b"/"):
+        path = path[:-1]
+    return path.rpartition(b"/")[2]
+
+
+def _store_name(given: bytes, source: bytes) -> str:
+    """The store path name for the path the user gave; ImportFailed if it cannot be one."""
+    name = nix_name(given)
+    try:
+        store_name = name.decode("ascii")
+    except UnicodeDecodeError:
+        raise ImportFailed(
+            f"{_show(given)}: {_show(name)} cannot be a store path name (ASCII only)"
+        ) from None
+    try:
+        StorePath(bytes(20), store_name)
+    except CastoreError as exc:
+        hint = ""
+        if store_name in ("", ".", ".."):
+            # nix-store --add names these as typed too, and store paths may not be so named.
+            hint = f"; give the directory by its own name: {_show(source)}"
+        raise ImportFailed(
+            f"{_show(given)}: nix-store --add names it {store_name!r}, and {exc}{hint}"
+        ) from None
+    return store_name
+
+
 def _already_registered(services: Services, store_path: StorePath, root: Node) -> bool:
     try:
         existing = services.path_infos.get(store_path)
@@ -340,7 +373,7 @@ def _kind(mode: int) -> str:
 
 
 def _show(path: bytes) -> str:
-    return os.fsdecode(path)
+    return printable(path)
 
 
 def tree_totals(path: str | bytes) -> tuple[int, int]:

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from castore_client.errors import CastoreError
+from castore_client.text import printable
 
 from . import importing, mount, serve
 from .options import UsageError
@@ -50,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, CastoreError, OSError) as exc:
         if args.verbose >= 2:
             log.exception("failed")
-        print(f"castore {args.command}: error: {exc}", file=sys.stderr)
+        # One line whatever the message quotes: a path with a newline in it would split it.
+        print(f"castore {args.command}: error: {printable(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -45,11 +45,12 @@ def add_parser(subparsers: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from castore_client.importer import import_path
+    from castore_client.text import printable
 
     config = client_config(args)
     for path in args.paths:
         if not os.path.lexists(path):
-            raise UsageError(f"{path}: no such file or directory")
+            raise UsageError(f"{printable(path)}: no such file or directory")
     enabled = sys.stderr.isatty() and not args.no_progress
     with open_client(config) as services:
         for path in args.paths:
@@ -68,6 +69,7 @@ def _progress(path: str, *, enabled: bool) -> Iterator[Progress | None]:
     from tqdm import tqdm
 
     from castore_client.importer import Progress, tree_totals
+    from castore_client.text import printable
 
     files, size = tree_totals(path)
     with tqdm(
@@ -75,7 +77,7 @@ def _progress(path: str, *, enabled: bool) -> Iterator[Progress | None]:
         unit="B",
         unit_scale=True,
         unit_divisor=1024,
-        desc=os.path.basename(os.path.abspath(path))[:30],
+        desc=printable(os.path.basename(os.path.abspath(path)))[:30],
         leave=False,
         postfix={"files": f"0/{files}"},
     ) as bar:
