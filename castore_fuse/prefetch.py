@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from castore_client.blob_readers import BlobReaders
+from castore_client.cancel import CancelScope
 from castore_client.directory import FileNode
 from castore_client.services import ChunkMeta
 
@@ -43,6 +44,7 @@ class SiblingPrefetcher:
         self.readers = readers
         self.window = window
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="castore-prefetch")
+        self._scope = CancelScope()
         self._position: dict[int, tuple[_Listing, int]] = {}
         self._unindexed: list[tuple[Child, ...]] = []
         self._pending: set[object] = set()
@@ -89,12 +91,20 @@ class SiblingPrefetcher:
 
     def _fetch(self, meta: ChunkMeta) -> None:
         try:
-            self.readers.fetch_small(meta.digest, meta.size)
+            with self._scope.bound():
+                self.readers.fetch_small(meta.digest, meta.size)
         except Exception as exc:  # the read that wants it will report it
             log.debug("prefetch of %s failed: %s", meta.digest, exc)
         finally:
             self._pending.discard(meta.digest)
 
     def close(self, *, wait: bool = False) -> None:
-        """Stop: drop the fetches not yet started, or with `wait` finish every one asked for."""
+        """Stop: drop the fetches not yet started and cancel the running ones, or with `wait`
+        finish every one asked for.
+
+        Python joins the pool's threads when it exits, so a fetch left waiting on a dead
+        server (in a call or in the backoff between retries) would hold up the exit.
+        """
+        if not wait:
+            self._scope.cancel()
         self._pool.shutdown(wait=wait, cancel_futures=not wait)

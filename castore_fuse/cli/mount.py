@@ -175,5 +175,7 @@ def _root_digest(text: str | None) -> B3Digest | None:
 
 
 def _fsname(config: ClientConfig) -> str:
-    """What the mount table shows as the source: the blob service's address."""
-    return f"castore:{','.join(str(a) for a in config.blobs)}"[:200]
+    """What the mount table shows as the source: the blob service's (first) address, and how
+    many more there are; `run_mount` escapes whatever in it a mount option cannot hold."""
+    first, *others = config.blobs
+    return f"castore:{first}" + (f"(+{len(others)})" if others else "")
