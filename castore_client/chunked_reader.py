@@ -32,6 +32,7 @@ from .errors import (
     BlobNotFound,
     Cancelled,
     CastoreError,
+    CorruptData,
     DigestMismatch,
     InvalidChunkList,
     InvalidInput,
@@ -183,6 +184,7 @@ class ChunkedReader:
         self.proven = proven
         self._on_proven = on_proven
         self._kept: KeptBlob | None = None
+        self._disproof: CorruptData | None = None
 
     def chunk_range(self, offset: int, length: int) -> range:
         """Indices of the chunks that cover [offset, offset+length), clipped to the blob."""
@@ -199,7 +201,7 @@ class ChunkedReader:
         parts = []
         with self._lock:
             if not self.proven:
-                self._prove()
+                self._prove_once()
             if self._kept is not None:
                 assert self.size is not None
                 return self._kept.read(offset, max(min(length, self.size - offset), 0))
@@ -210,6 +212,17 @@ class ChunkedReader:
                 hi = min(offset + length - start, len(data))
                 parts.append(data[lo:hi] if (lo, hi) != (0, len(data)) else data)
         return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+
+    def _prove_once(self) -> None:
+        """Prove the list, or fail again as the last try did if the bytes were wrong: a lying
+        server is not asked again (and again downloaded from) for every retry of a read."""
+        if self._disproof is not None:
+            raise self._disproof
+        try:
+            self._prove()
+        except CorruptData as exc:
+            self._disproof = exc
+            raise
 
     def _prove(self) -> None:
         """Read the whole blob once, checking each chunk and all of them against the blob.
@@ -543,12 +556,19 @@ class WholeBlobReader:
         self._spool = spool
         self._lock = threading.Lock()
         self._kept: KeptBlob | None = None
+        self._failed: CorruptData | None = None
 
     def read_at(self, offset: int, length: int) -> bytes:
         check_range(offset, length)
         with self._lock:
+            if self._failed is not None:
+                raise self._failed  # the bytes were wrong; do not download them again
             if self._kept is None:
-                self._kept = self._download()
+                try:
+                    self._kept = self._download()
+                except CorruptData as exc:
+                    self._failed = exc
+                    raise
             kept = self._kept
         return kept.read(offset, max(min(length, kept.size - offset), 0))
 
