@@ -300,8 +300,11 @@ def tcp_ready(port: int) -> Callable[[], bool]:
 
 
 @contextlib.contextmanager
-def castore_serve(work: pathlib.Path, transport: str) -> Iterator[str]:
-    """`castore serve` on the file:// store under `work`, on 127.0.0.1 or a unix socket."""
+def castore_serve(
+    work: pathlib.Path, transport: str, prefix: tuple[str, ...] = ()
+) -> Iterator[str]:
+    """`castore serve` on the file:// store under `work`, on 127.0.0.1 or a unix socket;
+    `prefix` goes before the command (--rtt-ms: taskset, to pin it to the server's CPU)."""
     if transport == "tcp":
         port = free_port()
         address = f"grpc+http://127.0.0.1:{port}"
@@ -311,7 +314,7 @@ def castore_serve(work: pathlib.Path, transport: str) -> Iterator[str]:
         sock.unlink(missing_ok=True)
         address = f"grpc+unix://{sock}"
         ready = socket_ready(sock)
-    argv = castore("serve", "--store", f"file://{work}/store", "--listen", address)
+    argv = [*prefix, *castore("serve", "--store", f"file://{work}/store", "--listen", address)]
     with process(argv, ready, work / "serve.log"):
         yield address
 
@@ -334,8 +337,9 @@ class Sshd:
 
 
 @contextlib.contextmanager
-def sshd(work: pathlib.Path) -> Iterator[Sshd]:
-    """sshd -D on 127.0.0.1 only, root login by a throwaway key only."""
+def sshd(work: pathlib.Path, prefix: tuple[str, ...] = ()) -> Iterator[Sshd]:
+    """sshd -D on 127.0.0.1 only, root login by a throwaway key only; `prefix` goes before
+    the command (taskset: its sftp-servers inherit the pinning)."""
     ssh = work / "ssh"
     ssh.mkdir(mode=0o700)
     for name in ("host_key", "client_key"):
@@ -382,7 +386,7 @@ LogLevel INFO
     with (
         privsep_directory(),
         process(
-            [SSHD, "-D", "-e", "-f", str(config), "-p", str(port)],
+            [*prefix, SSHD, "-D", "-e", "-f", str(config), "-p", str(port)],
             tcp_ready(port),
             work / "sshd.log",
         ),
@@ -828,7 +832,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--big-mib", type=int, default=1024, help="size of the big file")
+    parser.add_argument(
+        "--big-mib", type=int, help="size of the big file (default 1024; 256 with --rtt-ms)"
+    )
     parser.add_argument("--files", type=int, default=10_000, help="small files in the tree")
     parser.add_argument("--dirs", type=int, default=100, help="directories they are spread over")
     parser.add_argument("--file-kib", type=int, default=4, help="size of each small file")
@@ -847,8 +853,41 @@ def main() -> int:
     )
     parser.add_argument("--tmpdir", help="where to make the temporary directory")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    parser.add_argument("--json", type=pathlib.Path, default=ROOT / "bench/results/compare.json")
+    parser.add_argument("--json", type=pathlib.Path, help="default bench/results/compare.json")
+    latency = parser.add_argument_group(
+        "latency mode (--rtt-ms): servers behind a delay relay on CPU 1, clients on CPU 0, "
+        "workloads on real files; see bench/latency.py"
+    )
+    latency.add_argument(
+        "--rtt-ms",
+        type=float,
+        help="round trip to the servers, in ms (0: no relay, still pinned); not given: the "
+        "loopback run on shared CPUs above",
+    )
+    latency.add_argument(
+        "--tree-source",
+        default="/usr/include/linux",
+        help="the real tree to copy into the content (default /usr/include/linux)",
+    )
+    latency.add_argument(
+        "--tree-files", type=int, default=0, help="copy only its first N files (default all)"
+    )
+    latency.add_argument(
+        "--app-packages",
+        default="numpy,trio",
+        help="comma-separated, installed with pip install --target; the application start "
+        "imports them (default numpy,trio: a C extension and a pure-Python package set)",
+    )
+    latency.add_argument(
+        "--app-modules", help="comma-separated modules to import (default: --app-packages)"
+    )
     args = parser.parse_args()
+    if args.rtt_ms is not None:
+        return latency_main(parser, args)
+    if args.big_mib is None:
+        args.big_mib = 1024
+    if args.json is None:
+        args.json = ROOT / "bench/results/compare.json"
     if args.files < args.dirs or args.dirs < 1 or args.runs < 1 or args.big_mib < 1:
         parser.error("need --runs >= 1, --big-mib >= 1 and --files >= --dirs >= 1")
     if args.random_reads < 1 or args.file_kib < 1:
@@ -879,6 +918,32 @@ def main() -> int:
     print_report(args, content, results)
     print(f"wrote {args.json}")
     return 0
+
+
+def latency_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.big_mib is None:
+        args.big_mib = 256
+    if args.json is None:
+        args.json = ROOT / "bench/results/compare-latency.json"
+    if args.rtt_ms < 0 or args.runs < 1 or args.big_mib < 1 or args.tree_files < 0:
+        parser.error("need --rtt-ms >= 0, --runs >= 1, --big-mib >= 1 and --tree-files >= 0")
+    if args.castore_transport != "tcp" or args.castore_fresh_server:
+        parser.error(
+            "--rtt-ms relays castore serve's TCP port: no --castore-transport unix "
+            "or --castore-fresh-server"
+        )
+    args.app_packages = [p for p in args.app_packages.split(",") if p]
+    args.app_modules = [
+        m for m in (args.app_modules or ",".join(args.app_packages)).split(",") if m
+    ]
+    if not args.app_packages or not args.app_modules:
+        parser.error("--app-packages and --app-modules need at least one name")
+    parent = pathlib.Path(args.tmpdir or tempfile.gettempdir()).resolve()
+    if any(ch.isspace() for ch in str(parent)):
+        parser.error(f"--tmpdir/TMPDIR {parent}: whitespace in it cannot pass through ssh options")
+    import latency
+
+    return latency.main(args)
 
 
 def prepare_and_run(args: argparse.Namespace, work: pathlib.Path) -> tuple[Content, Results]:
@@ -914,4 +979,5 @@ def prepare_and_run(args: argparse.Namespace, work: pathlib.Path) -> tuple[Conte
 
 
 if __name__ == "__main__":
+    sys.modules.setdefault("compare", sys.modules[__name__])  # bench/latency.py imports it
     raise SystemExit(main())
