@@ -3,10 +3,16 @@
 Programs that read whole trees (tar, cp -r, rsync, a compiler) read the files of a directory
 one after another, in listing order. Each small file costs a round trip of its own, so the
 next few small files after the one being read are fetched in the background into the chunk
-cache, where their reads find them. Listing alone (find, ls) triggers nothing, and neither
-does a single read: only two siblings read one after the other show a walk. Fetching after
-every first read would put a burst of background requests in front of whatever a program
-reads next elsewhere (opening one file in each of many directories got 2-4 times slower).
+cache, where their reads find them. Listing alone (find, ls) triggers nothing.
+
+How eager to be depends on the link (`BlobReaders.slow`, measured from foreground fetches).
+Close to the server, a single read triggers nothing: only two siblings read one after the
+other show a walk, since fetching after every first read puts a burst of background requests
+in front of whatever a program reads next elsewhere (on loopback, opening one file in each of
+many directories got 2-4 times slower), and few fetches run at once. Far from it, a round trip
+costs more than the work of a fetch that was not needed: the first read of a directory's file
+fetches the next ones, and many run at once, so that a walk of N files waits for about
+N / `max_in_flight` round trips instead of N.
 """
 
 from __future__ import annotations
@@ -33,17 +39,28 @@ class _Listing:
     last_read: int = -2
 
 
+NEAR_IN_FLIGHT = 4
+"""Background fetches at once on a fast link, where they compete with foreground work for CPU."""
+
+MAX_IN_FLIGHT = 32
+
+
 class SiblingPrefetcher:
     def __init__(
         self,
         readers: BlobReaders,
         *,
-        window: int = 32,
-        workers: int = 4,
+        window: int = 64,
+        workers: int = NEAR_IN_FLIGHT,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
+        """`workers` fetches run at once on a fast link, `max_in_flight` on a slow one."""
         self.readers = readers
         self.window = window
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="castore-prefetch")
+        self._near = ThreadPoolExecutor(workers, thread_name_prefix="castore-prefetch")
+        self._far = ThreadPoolExecutor(
+            max(max_in_flight, workers), thread_name_prefix="castore-prefetch-far"
+        )
         self._scope = CancelScope()
         self._position: dict[int, tuple[_Listing, int]] = {}
         self._unindexed: list[tuple[Child, ...]] = []
@@ -79,15 +96,17 @@ class SiblingPrefetcher:
         if position is None:
             return
         listing, index = position
-        walking = listing.last_read == index - 1
+        far = self.readers.slow
+        walking = listing.last_read == index - 1 or (far and listing.last_read == -2)
         listing.last_read = index
         if not walking:
             return
+        pool = self._far if far else self._near
         for meta in listing.files[index + 1 : index + 1 + self.window]:
             if self.readers.has(meta.digest) or meta.digest in self._pending:
                 continue
             self._pending.add(meta.digest)
-            self._pool.submit(self._fetch, meta)
+            pool.submit(self._fetch, meta)
 
     def _fetch(self, meta: ChunkMeta) -> None:
         try:
@@ -107,4 +126,5 @@ class SiblingPrefetcher:
         """
         if not wait:
             self._scope.cancel()
-        self._pool.shutdown(wait=wait, cancel_futures=not wait)
+        for pool in (self._near, self._far):
+            pool.shutdown(wait=wait, cancel_futures=not wait)

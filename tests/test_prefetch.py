@@ -67,3 +67,25 @@ def test_only_a_walk_fetches_ahead(
     assert cached(cache, files) == fetched
     for n in fetched:
         assert cache.peek(files[n].node.digest) == b"file %d " % n * 50
+
+
+@pytest.mark.parametrize(
+    ("reads", "fetched"),
+    [
+        ((0,), [1, 2, 3, 4]),  # far from the server, a first read is reason enough
+        ((5,), [6, 7, 8, 9]),  # wherever in the directory it is
+        ((0, 5), [1, 2, 3, 4]),  # a jump after the first read is still no walk
+    ],
+)
+def test_a_slow_link_fetches_ahead_at_the_first_read(
+    listing: tuple[SiblingPrefetcher, ChunkCache, list[Child]],
+    reads: tuple[int, ...],
+    fetched: list[int],
+) -> None:
+    prefetcher, cache, files = listing
+    prefetcher.readers.note_fetch_time(0.020)  # a 20 ms round trip
+    assert prefetcher.readers.slow
+    for n in reads:
+        prefetcher.after_read(files[n].ino)
+    settle(prefetcher)
+    assert cached(cache, files) == fetched
