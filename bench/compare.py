@@ -24,6 +24,15 @@ directory removed on every exit path.
 Needs root, fusermount3, sshfs and sshd (Debian: fuse3 sshfs openssh-server).
 
     bench/compare [--big-mib 1024] [--files 10000] [--dirs 100] [--runs 3]
+
+With --rtt-ms N it measures what users meet instead (bench/latency.py): the servers behind a
+delay relay of N ms round trip (bench/relay.py) on CPU 1, the clients on CPU 0, and workloads
+on real files: a cold read of a 256 MiB file, tar, grep -r and find of a copied header tree,
+and Python importing packages kept on the mount; with each mount's CPU seconds, the physical
+limit, and issue 13's targets for that round trip.
+
+    bench/compare --rtt-ms 20 [--runs 3] [--tree-source /usr/include/linux]
+                  [--app-packages numpy,trio]
 """
 
 from __future__ import annotations

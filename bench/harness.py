@@ -63,8 +63,13 @@ def process(
             proc.wait()
 
 
+# Interpreter flags for every castore command; bench/latency.py sets ["-P"] so that a snapshot
+# of the code on PYTHONPATH, not the checkout in the working directory, is what runs.
+CASTORE_FLAGS: list[str] = []
+
+
 def castore(*args: str) -> list[str]:
-    return [sys.executable, "-m", "castore_fuse", *args]
+    return [sys.executable, *CASTORE_FLAGS, "-m", "castore_fuse", *args]
 
 
 def socket_ready(path: pathlib.Path) -> Callable[[], bool]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import pathlib
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import compare
+import harness
 import relay
 from harness import (
     MIB,
@@ -803,7 +805,6 @@ def report_json(args: argparse.Namespace, content: Content, results: Results) ->
             "whole files, though a .so is only read where it faults.",
         ],
         "environment": {
-            "commit": git_describe(),
             "kernel": platform.release(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -833,6 +834,31 @@ def git_describe() -> str:
     return head + (" with uncommitted changes in castore_client/castore_fuse" if dirty else "")
 
 
+CODE_PACKAGES = ("castore_client", "castore_fuse")
+
+
+def code_fingerprint(root: pathlib.Path) -> str:
+    """SHA-256 over the read path's source files (names and bytes)."""
+    digest = hashlib.sha256()
+    for package in CODE_PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def snapshot_code(work: pathlib.Path) -> dict[str, str]:
+    """Run a copy of the read path taken now, so that edits to the checkout during the run
+    (it takes minutes) do not mix versions within one table; say which code it was."""
+    code = work / "code"
+    for package in CODE_PACKAGES:
+        shutil.copytree(
+            ROOT / package, code / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    os.environ["PYTHONPATH"] = str(code)
+    harness.CASTORE_FLAGS[:] = ["-P"]  # no working directory (the checkout) on sys.path
+    return {"commit": git_describe(), "sha256": code_fingerprint(code)}
+
+
 def check_prerequisites(args: argparse.Namespace) -> list[str]:
     problems = compare.check_prerequisites()
     for tool in ("taskset", "grep", "wc"):
@@ -857,6 +883,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         with compare.work_directory(args.tmpdir, args.keep) as work:
             compare.log(f"working in {work}")
+            code = snapshot_code(work)
+            compare.log(f"measuring a copy of the read path: {code['commit']}")
             content = prepare(args, work)
             bench = Bench(args, work, content)
             bench.run()
@@ -866,8 +894,13 @@ def main(args: argparse.Namespace) -> int:
         return 130
     report = report_json(args, content, bench.results)
     report["wall_seconds"] = time.monotonic() - started
+    code["checkout_changed_during_the_run"] = str(code_fingerprint(ROOT) != code["sha256"])
+    report["code_measured"] = code
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     print_report(args, content, bench.results)
+    print(
+        f"code measured: {code['commit']} (a copy taken at the start, sha256 {code['sha256'][:12]})"
+    )
     print(f"took {report['wall_seconds']:.0f} s; wrote {args.json}")
     return 0
