@@ -62,25 +62,31 @@ def check_mountpoint(path: str) -> str:
     """
     mountpoint = os.path.abspath(path)
     shown = printable(mountpoint)
+    dead = MountError(
+        f"{shown} is a dead mount (transport endpoint is not connected); "
+        f"run: fusermount3 -u {shown}"
+    )
     try:
         st = os.stat(mountpoint)
     except FileNotFoundError:
         raise MountError(f"mountpoint {shown} does not exist") from None
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
-            raise MountError(
-                f"{shown} is a dead mount (transport endpoint is not connected); "
-                f"run: fusermount3 -u {shown}"
-            ) from None
+            raise dead from None
         raise MountError(f"mountpoint {shown}: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mountpoint {shown} is not a directory")
-    if _is_mount_point(mountpoint):
-        raise MountError(f"mountpoint {shown} is busy: something is already mounted there")
+    mounted = _is_mount_point(mountpoint)
     try:
+        # A dead FUSE mount can still stat fine from the kernel's cache; a listing cannot.
         os.listdir(mountpoint)
     except OSError as exc:
-        raise MountError(f"mountpoint {shown}: {exc.strerror}") from None
+        if exc.errno == errno.ENOTCONN:
+            raise dead from None
+        if not mounted:
+            raise MountError(f"mountpoint {shown}: {exc.strerror}") from None
+    if mounted:
+        raise MountError(f"mountpoint {shown} is busy: something is already mounted there")
     return mountpoint
 
 

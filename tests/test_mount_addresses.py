@@ -8,8 +8,10 @@ mounted is refused as busy, whatever that mount does with listings.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
+import signal
 import subprocess
 import urllib.parse
 from collections.abc import Iterator
@@ -30,6 +32,7 @@ from .fuse_harness import (
     HELLOWORLD_NAME,
     RANDOM_BLOB,
     RANDOM_NAME,
+    is_mounted,
     mount_process,
     populate_extras,
     populate_fixtures,
@@ -115,6 +118,44 @@ def test_a_mounted_mount_point_is_busy_even_if_it_refuses_listings(
         assert "not permitted" not in result.stderr, result.stderr
         assert mount.alive()
         assert (mount.path / BLOB_A_NAME).read_bytes() == fx.BLOB_A
+
+
+@contextlib.contextmanager
+def fuse_connections() -> Iterator[pathlib.Path]:
+    """/sys/fs/fuse/connections, mounted for the block if it was not."""
+    path = pathlib.Path("/sys/fs/fuse/connections")
+    mounted_here = not is_mounted(path)
+    if mounted_here:
+        done = subprocess.run(["mount", "-t", "fusectl", "none", str(path)], check=False)
+        if done.returncode != 0:
+            pytest.skip("cannot mount fusectl to abort a FUSE connection")
+    try:
+        yield path
+    finally:
+        if mounted_here:
+            subprocess.run(["umount", str(path)], check=False)
+
+
+def test_a_dead_mount_point_is_named_dead_not_busy(
+    store: Services, tmp_path: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A FUSE mount whose connection was aborted still stats from the kernel's cache; the
+    error must still say it is dead and how to clear it."""
+    with (
+        CastoreServer(store, unix_listen_address(tmp_path_factory)) as server,
+        mount_process(server.address, tmp_path=tmp_path) as mount,
+        fuse_connections() as connections,
+    ):
+        device = os.stat(mount.path).st_dev
+        mount.signal(signal.SIGSTOP)  # keeps the FUSE fd open, so nothing unmounts it
+        try:
+            (connections / str(os.minor(device)) / "abort").write_text("1")
+            result = run_mount_expecting_error("--store", str(server.address), str(mount.path))
+        finally:
+            mount.signal(signal.SIGCONT)
+        assert_one_line_error(result)
+        assert "dead mount" in result.stderr, result.stderr
+        assert f"fusermount3 -u {mount.path}" in result.stderr, result.stderr
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str]) -> None:
