@@ -890,6 +890,11 @@ def main() -> int:
     latency.add_argument(
         "--app-modules", help="comma-separated modules to import (default: --app-packages)"
     )
+    latency.add_argument(
+        "--code",
+        help="measure the castore_client and castore_fuse in this directory (copied at the "
+        "start; default: this checkout's), e.g. to run several round trips on one version",
+    )
     args = parser.parse_args()
     if args.rtt_ms is not None:
         return latency_main(parser, args)

@@ -38,6 +38,16 @@ def xof_pieces(seed: bytes, size: int, piece: int = MIB) -> Iterator[bytes]:
         yield xof.digest(length=min(piece, size - offset), seek=offset)
 
 
+def log_tail(log: pathlib.Path, size: int = 2000) -> str:
+    """The end of a log, for an error message: the benchmarks remove their directory on exit."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+            return f.read().decode(errors="replace").strip() or "(empty)"
+    except OSError as exc:
+        return f"(unreadable: {exc})"
+
+
 @contextlib.contextmanager
 def process(
     argv: list[str], ready: Callable[[], bool], log: pathlib.Path
@@ -49,9 +59,11 @@ def process(
         deadline = time.monotonic() + 60
         while not ready():
             if proc.poll() is not None:
-                raise RuntimeError(f"{argv[:4]} exited with {proc.returncode}; see {log}")
+                raise RuntimeError(
+                    f"{argv[:4]} exited with {proc.returncode}; {log} ends: {log_tail(log)}"
+                )
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{argv[:4]} not ready after 60 s; see {log}")
+                raise RuntimeError(f"{argv[:4]} not ready after 60 s; {log} ends: {log_tail(log)}")
             time.sleep(0.05)
         yield proc
     finally:

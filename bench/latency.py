@@ -666,8 +666,9 @@ def print_report(args: argparse.Namespace, content: Content, results: Results) -
     rate = results.rate()
     print(
         f"limit = round trips that cannot be avoided x {args.rtt_ms:g} ms + the longer of "
-        f"bytes / {show(rate and rate / 1e6, '.0f')} MB/s (a raw TCP stream through the relay "
-        f"alone, CPU {SERVER_CPU} to CPU {CLIENT_CPU}) and local disk's time"
+        f"bytes / {show(rate and rate / 1e6, '.0f')} MB/s (a raw TCP stream, CPU {SERVER_CPU} "
+        f"to CPU {CLIENT_CPU}, {'through the relay alone' if args.rtt_ms > 0 else 'direct'}) "
+        "and local disk's time"
     )
     columns = ("castore", "sshfs", "local", "limit", "castore/sshfs", "RTTs", "limit RTTs")
     width = 30
@@ -880,17 +881,18 @@ def code_fingerprint(root: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
-def snapshot_code(work: pathlib.Path) -> dict[str, str]:
+def snapshot_code(work: pathlib.Path, source: pathlib.Path) -> dict[str, str]:
     """Run a copy of the read path taken now, so that edits to the checkout during the run
     (it takes minutes) do not mix versions within one table; say which code it was."""
     code = work / "code"
     for package in CODE_PACKAGES:
         shutil.copytree(
-            ROOT / package, code / package, ignore=shutil.ignore_patterns("__pycache__")
+            source / package, code / package, ignore=shutil.ignore_patterns("__pycache__")
         )
     os.environ["PYTHONPATH"] = str(code)
     harness.CASTORE_FLAGS[:] = ["-P"]  # no working directory (the checkout) on sys.path
-    return {"commit": git_describe(), "sha256": code_fingerprint(code)}
+    described = git_describe() if source == ROOT else f"the copy in {source}"
+    return {"commit": described, "sha256": code_fingerprint(code), "from": str(source)}
 
 
 def check_prerequisites(args: argparse.Namespace) -> list[str]:
@@ -900,6 +902,8 @@ def check_prerequisites(args: argparse.Namespace) -> list[str]:
             problems.append(f"{tool} is missing")
     if not {SERVER_CPU, CLIENT_CPU} <= os.sched_getaffinity(0):
         problems.append(f"--rtt-ms pins to CPUs {CLIENT_CPU} and {SERVER_CPU}: not both allowed")
+    if args.code and not all((pathlib.Path(args.code) / p).is_dir() for p in CODE_PACKAGES):
+        problems.append(f"--code {args.code} holds no castore_client and castore_fuse")
     if not pathlib.Path(args.tree_source).is_dir():
         problems.append(f"--tree-source {args.tree_source} is not a directory")
     return problems
@@ -917,7 +921,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         with compare.work_directory(args.tmpdir, args.keep) as work:
             compare.log(f"working in {work}")
-            code = snapshot_code(work)
+            code = snapshot_code(work, pathlib.Path(args.code or ROOT).resolve())
             compare.log(f"measuring a copy of the read path: {code['commit']}")
             content = prepare(args, work)
             bench = Bench(args, work, content)
@@ -928,7 +932,9 @@ def main(args: argparse.Namespace) -> int:
         return 130
     report = report_json(args, content, bench.results)
     report["wall_seconds"] = time.monotonic() - started
-    code["checkout_changed_during_the_run"] = str(code_fingerprint(ROOT) != code["sha256"])
+    if not args.code:
+        changed = code_fingerprint(ROOT) != code["sha256"]
+        code["checkout_changed_during_the_run"] = str(changed)
     report["code_measured"] = code
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
