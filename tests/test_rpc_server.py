@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -194,3 +196,37 @@ def test_a_busy_port_is_listen_failed() -> None:
         ):
             CastoreServer(store, parse_address(f"grpc+http://127.0.0.1:{port}"))
     assert isinstance(info.value, OSError)
+
+
+def test_an_upload_the_client_cancels_is_no_server_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sent = threading.Event()
+
+    def pieces() -> Iterator[bytes]:
+        yield fx.field_bytes(1, b"x" * 1000)  # BlobChunk.data
+        sent.set()
+        threading.Event().wait(5)  # the upload stalls; the client gives up meanwhile
+        yield fx.field_bytes(1, b"y")
+
+    with (
+        open_memory_store() as store,
+        CastoreServer(store, TCP) as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        caplog.at_level(logging.DEBUG, logger="castore_client.rpc.server"),
+    ):
+        put = raw(channel, "/tvix.castore.v1.BlobService/Put", "stream_unary")
+        call = put.future(pieces())
+        assert sent.wait(5)
+        call.cancel()
+        with pytest.raises(grpc.FutureCancelledError):
+            call.result(5)
+        # The handler sees the end of the request stream once the cancellation arrives.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(
+            "put blob" in r.getMessage() for r in caplog.records
+        ):
+            threading.Event().wait(0.05)
+    records = [r for r in caplog.records if "put blob" in r.getMessage()]
+    assert records, "the server never saw the cancelled upload end"
+    assert all(r.levelno < logging.WARNING for r in records), [r.getMessage() for r in records]

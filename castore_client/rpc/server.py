@@ -63,6 +63,10 @@ def _abort(context: grpc.ServicerContext, exc: Exception, what: str) -> NoReturn
         code = status_for(exc)
         log.debug("%s: %s: %s", what, code.name, exc)
         context.abort(code, f"{what}: {exc}")
+    if isinstance(exc, grpc.RpcError) and not context.is_active():
+        # A client that cancelled its upload: the request stream ends in an RpcError.
+        log.debug("%s: cancelled by the client", what)
+        context.abort(grpc.StatusCode.CANCELLED, f"{what}: cancelled by the client")
     log.exception("%s failed unexpectedly", what)
     # The client learns what failed, not how: the traceback stays in the server's log.
     context.abort(
