@@ -712,7 +712,9 @@ def print_report(args: argparse.Namespace, content: Content, results: Results) -
     for t in targets_for(args.rtt_ms):
         value = target_value(content, results, t)
         verdict = "met" if target_met(value, t) else "not met"
-        spec = ".2f" if t.unit in ("x", "s", "ms") else ".0f"
+        spec = (
+            WORKLOAD[t.workload].fmt if t.kind == "value" else ".2f" if t.unit != "MiB" else ".0f"
+        )
         shown = show(value, spec, t.unit if t.unit == "x" else f" {t.unit}")
         print(f"  {verdict:<8} {t.text}: {shown if value is not None else 'not measured'}")
 
