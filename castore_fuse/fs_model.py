@@ -199,6 +199,7 @@ class CastoreFilesystem:
             )
             if closure is not None:
                 self._prefetched.update(closure)
+                self.prefetcher.note_tree(digest, closure)
                 return self._prefetched.pop(digest)
         return await run_blocking(self.directories.get, digest)
 
@@ -290,7 +291,7 @@ class CastoreFilesystem:
             data = await run_blocking(handle.blob.read_at, offset, size)
         if self.readers.is_small(handle.data.size):
             # Only now: fetching the neighbours first would make this read wait behind them.
-            self.prefetcher.after_read(handle.ino)
+            self.prefetcher.after_read(handle.ino, handle.data.digest)
         return data
 
     async def release(self, fh: int) -> None:

@@ -12,18 +12,23 @@ in front of whatever a program reads next elsewhere (on loopback, opening one fi
 many directories got 2-4 times slower), and few fetches run at once. Far from it, a round trip
 costs more than the work of a fetch that was not needed: the first read of a directory's file
 fetches the next ones, and many run at once, so that a walk of N files waits for about
-N / `max_in_flight` round trips instead of N.
+N / `max_in_flight` round trips instead of N. Far from the server the window also crosses
+directories: the first directory entered below a store path brings its whole tree (the
+closure), so the order in which a recursive walk (tar, cp -r, grep -r) will read the tree's
+files is known, and reading one of them fetches the ones after it in that order.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from castore_client.blob_readers import BlobReaders
 from castore_client.cancel import CancelScope
-from castore_client.directory import FileNode
+from castore_client.digest import B3Digest
+from castore_client.directory import Directory, DirectoryNode, FileNode
 from castore_client.services import ChunkMeta
 
 from .inodes import Child
@@ -43,6 +48,12 @@ NEAR_IN_FLIGHT = 4
 """Background fetches at once on a fast link, where they compete with foreground work for CPU."""
 
 MAX_IN_FLIGHT = 32
+
+TREE_WINDOW = 256
+"""How far ahead of a read, in small files, a walk through a tree is fetched on a slow link."""
+
+TREE_FILES = 50_000
+"""Trees with more small files than this are not indexed for walks (memory per mount)."""
 
 
 class SiblingPrefetcher:
@@ -64,6 +75,8 @@ class SiblingPrefetcher:
         self._scope = CancelScope()
         self._position: dict[int, tuple[_Listing, int]] = {}
         self._unindexed: list[tuple[Child, ...]] = []
+        self._tree_position: dict[B3Digest, tuple[_Listing, int]] = {}
+        self._trees: list[tuple[B3Digest, Mapping[B3Digest, Directory]]] = []
         self._pending: set[object] = set()
 
     def note_directory(self, children: tuple[Child, ...]) -> None:
@@ -72,6 +85,21 @@ class SiblingPrefetcher:
         Listing a tree (find, ls -R) reads no file, so it should not pay for the index.
         """
         self._unindexed.append(children)
+
+    def note_tree(self, root: B3Digest, closure: Mapping[B3Digest, Directory]) -> None:
+        """Remember a fetched closure, to be put in walk order if a slow link needs it."""
+        self._trees.append((root, dict(closure)))
+
+    def _index_trees(self) -> None:
+        trees, self._trees = self._trees, []
+        for root, closure in trees:
+            files = _walk_order(root, closure)
+            if files is None:
+                log.debug("tree %s has more than %d small files; not indexed", root, TREE_FILES)
+                continue
+            listing = _Listing(tuple(files))
+            for index, meta in enumerate(files):
+                self._tree_position.setdefault(meta.digest, (listing, index))
 
     def _index(self) -> None:
         """Where each small file of the directories listed so far stands among its siblings."""
@@ -88,10 +116,18 @@ class SiblingPrefetcher:
             for index, (ino, _) in enumerate(small):
                 self._position[ino] = (listing, index)
 
-    def after_read(self, ino: int) -> None:
+    def after_read(self, ino: int, digest: B3Digest | None = None) -> None:
         """A small file was read: if it follows the last one read there, fetch the next ones."""
         if self._unindexed:
             self._index()
+        if digest is not None and self.readers.slow:
+            if self._trees:
+                self._index_trees()
+            in_tree = self._tree_position.get(digest)
+            if in_tree is not None:
+                listing, index = in_tree
+                self._fetch_ahead(listing.files[index + 1 : index + 1 + TREE_WINDOW], self._far)
+                return
         position = self._position.get(ino)
         if position is None:
             return
@@ -101,8 +137,11 @@ class SiblingPrefetcher:
         listing.last_read = index
         if not walking:
             return
-        pool = self._far if far else self._near
-        for meta in listing.files[index + 1 : index + 1 + self.window]:
+        ahead = listing.files[index + 1 : index + 1 + self.window]
+        self._fetch_ahead(ahead, self._far if far else self._near)
+
+    def _fetch_ahead(self, files: tuple[ChunkMeta, ...], pool: ThreadPoolExecutor) -> None:
+        for meta in files:
             if self.readers.has(meta.digest) or meta.digest in self._pending:
                 continue
             self._pending.add(meta.digest)
@@ -128,3 +167,36 @@ class SiblingPrefetcher:
             self._scope.cancel()
         for pool in (self._near, self._far):
             pool.shutdown(wait=wait, cancel_futures=not wait)
+
+
+def _walk_order(root: B3Digest, closure: Mapping[B3Digest, Directory]) -> list[ChunkMeta] | None:
+    """The tree's small files in the order a depth-first walk in listing order reads them
+    (each blob once), or None past TREE_FILES."""
+    files: list[ChunkMeta] = []
+    seen: set[B3Digest] = set()
+    stack: list[object] = [root]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, ChunkMeta):
+            files.append(item)
+            if len(files) > TREE_FILES:
+                return None
+            continue
+        assert isinstance(item, B3Digest)
+        directory = closure.get(item)
+        if directory is None:
+            continue
+        later: list[object] = []
+        for node in directory.entries():
+            if isinstance(node, DirectoryNode):
+                later.append(node.digest)
+            elif (
+                isinstance(node, FileNode)
+                and node.size > 0
+                and BlobReaders.is_small(node.size)
+                and node.digest not in seen
+            ):
+                seen.add(node.digest)
+                later.append(ChunkMeta(node.digest, node.size))
+        stack.extend(reversed(later))
+    return files

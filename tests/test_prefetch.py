@@ -89,3 +89,37 @@ def test_a_slow_link_fetches_ahead_at_the_first_read(
         prefetcher.after_read(files[n].ino)
     settle(prefetcher)
     assert cached(cache, files) == fetched
+
+
+def test_a_slow_link_fetches_ahead_across_the_directories_of_a_tree() -> None:
+    """A walk's next files are in the next directory too: on a slow link the closure's walk
+    order decides what is fetched, from the first read on."""
+    from castore_client.directory import Directory
+
+    with open_memory_store() as store:
+        contents = [b"tree file %d " % n * 40 for n in range(6)]
+        digests = [store.blobs.put([c]) for c in contents]
+
+        def leaf(first: int) -> Directory:
+            return Directory(
+                files=tuple(
+                    FileNode(b"f%d" % n, digests[n], len(contents[n])) for n in (first, first + 1)
+                )
+            )
+
+        a, b, c = leaf(0), leaf(2), leaf(4)
+        root = Directory(
+            directories=(
+                DirectoryNode(b"a", a.digest, a.size()),
+                DirectoryNode(b"b", b.digest, b.size()),
+                DirectoryNode(b"c", c.digest, c.size()),
+            )
+        )
+        cache = ChunkCache(1 << 20)
+        readers = BlobReaders(store.blobs, cache)
+        prefetcher = SiblingPrefetcher(readers, workers=2)
+        prefetcher.note_tree(root.digest, {d.digest: d for d in (root, a, b, c)})
+        readers.note_fetch_time(0.020)
+        prefetcher.after_read(1000, digests[1])  # the second file of directory a
+        prefetcher.close(wait=True)
+        assert [n for n in range(6) if digests[n] in cache] == [2, 3, 4, 5]
