@@ -45,10 +45,6 @@ SLOW_FETCH = 0.002
 slow and read-ahead gets eager (see `castore_fuse.prefetch`). Measured: 0.5-1 ms per small
 blob over loopback and a unix socket, about one round trip more over a LAN or WAN."""
 
-PROOF_IN_FLIGHT = 16
-"""Chunks a proof fetches at once on a slow link (up to 16 x 4 MiB held), instead of one
-whole-blob stream, which a round trip and one flow-control window hold back."""
-
 UNAVAILABLE_MEMO = 1.0
 """Seconds for which a read that found the server unavailable answers a retry of the same
 range at once, with the same error: after a failed buffered read the kernel asks again at once,
@@ -128,7 +124,6 @@ class BlobReaders:
                 self.cache.peek(_proof_key(digest, chunks), disk=True) is not None
             ),
             on_proven=lambda chunks: self.cache.put(*_proof(digest, chunks)),
-            parallel=lambda: PROOF_IN_FLIGHT if self.slow else 1,
         )
 
 

@@ -22,11 +22,10 @@ import bisect
 import logging
 import queue
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 
-from .cancel import CancelScope, current_scope
+from .cancel import CancelScope
 from .chunk_cache import ChunkCache
 from .digest import B3Digest
 from .errors import (
@@ -89,7 +88,6 @@ def open_blob(
     cache: ChunkCache | None = None,
     proven: Callable[[list[ChunkMeta]], bool] = lambda chunks: False,
     on_proven: Callable[[list[ChunkMeta]], None] = lambda chunks: None,
-    parallel: Callable[[], int] = lambda: 1,
 ) -> ChunkedReader | WholeBlobReader:
     """Stat the blob and return the reader that fits its shape.
 
@@ -127,7 +125,6 @@ def open_blob(
             spool=spool,
             proven=proven(chunks),
             on_proven=lambda: on_proven(chunks),
-            parallel=parallel,
         )
     return WholeBlobReader(service, digest, size, timeout=timeout, spool=spool)
 
@@ -161,9 +158,7 @@ class ChunkedReader:
         spool: Spool = DEFAULT_SPOOL,
         proven: bool = False,
         on_proven: Callable[[], None] = lambda: None,
-        parallel: Callable[[], int] = lambda: 1,
     ) -> None:
-        """`parallel()` is how many chunks a proof fetches at once instead of one stream."""
         self.digest = digest
         self.chunks = tuple(chunks)
         self._cache = cache
@@ -190,7 +185,6 @@ class ChunkedReader:
         self._on_proven = on_proven
         self._kept: KeptBlob | None = None
         self._disproof: CorruptData | None = None
-        self._parallel = parallel
 
     def chunk_range(self, offset: int, length: int) -> range:
         """Indices of the chunks that cover [offset, offset+length), clipped to the blob."""
@@ -240,12 +234,7 @@ class ChunkedReader:
         whole = Verifier(self.digest, self.size, f"blob {self.digest}")
         kept = KeptBlob(self._spool)
         try:
-            ways = self._parallel()
-            if ways > 1:
-                self._prove_in_parallel(whole, kept, ways)
-                taken = len(self.chunks)
-            else:
-                taken = self._prove_from_stream(whole, kept)
+            taken = self._prove_from_stream(whole, kept)
             for index in range(taken, len(self.chunks)):
                 meta = self.chunks[index]
                 try:
@@ -268,39 +257,6 @@ class ChunkedReader:
         self._on_proven()
         if not kept.dropped:
             self._kept = kept
-
-    def _prove_in_parallel(self, whole: Verifier, kept: KeptBlob, ways: int) -> None:
-        """Fetch the chunks `ways` at a time, each verified, and hash them in order.
-
-        Far from the server one stream is held back by its flow-control window and by the
-        round trip; single-chunk reads in flight together fill the link instead.
-        """
-        scope = current_scope()
-
-        def fetch(meta: ChunkMeta) -> bytes:
-            if scope is None:
-                return self._fetch(meta)
-            with scope.bound():
-                return self._fetch(meta)
-
-        pending: deque[Future[bytes]] = deque()
-        ahead = 0
-        with ThreadPoolExecutor(ways, thread_name_prefix="castore-chunks") as pool:
-            try:
-                for index, meta in enumerate(self.chunks):
-                    while ahead < len(self.chunks) and len(pending) < ways:
-                        pending.append(pool.submit(fetch, self.chunks[ahead]))
-                        ahead += 1
-                    try:
-                        data = pending.popleft().result()
-                    except BlobNotFound as exc:
-                        raise BlobNotFound(
-                            f"chunk {meta.digest} of blob {self.digest}: {exc}"
-                        ) from exc
-                    self._take(index, data, whole, kept)
-            finally:
-                for future in pending:
-                    future.cancel()
 
     def _prove_from_stream(self, whole: Verifier, kept: KeptBlob) -> int:
         """How many chunks, from the first, the whole-blob stream delivered sound."""

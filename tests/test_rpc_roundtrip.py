@@ -17,7 +17,7 @@ from castore_client.errors import (
     RootCountError,
 )
 from castore_client.pathinfo import NarInfo, PathInfo
-from castore_client.services import ChunkMeta, Services
+from castore_client.services import Services
 from castore_client.storepath import StorePath
 
 from . import fixtures as fx
@@ -184,17 +184,3 @@ def test_file_store_survives_server_restart(tmp_path, tmp_path_factory) -> None:
     ):
         assert open_blob(c.blobs, digest, len(blob)).read_at(0, len(blob)) == blob
         assert c.directories.get(root) == COMPLICATED
-
-
-@pytest.mark.parametrize("ways", [1, 4])
-def test_a_proof_by_stream_or_by_parallel_chunks_reads_back(client: Services, ways: int) -> None:
-    rng = random.Random(11)
-    blob = rng.randbytes(3 << 20)
-    digest = client.blobs.put([blob])
-    proven: list[list[ChunkMeta]] = []
-    reader = open_blob(
-        client.blobs, digest, len(blob), parallel=lambda: ways, on_proven=proven.append
-    )
-    assert reader.read_at(1 << 20, 5000) == blob[1 << 20 : (1 << 20) + 5000]
-    assert proven == [client.blobs.stat(digest)]
-    assert reader.read_at(0, len(blob)) == blob
