@@ -253,6 +253,27 @@ def test_corrupt_chunk_yields_no_bytes(offset: int) -> None:
     assert str(B3Digest(fx.b3(SECOND))) in str(info.value)
 
 
+def test_a_chunk_list_of_another_blob_is_never_served() -> None:
+    """Stat names sound chunks, but of other content than the blob: the proof fails."""
+    other_first = bytes(reversed(FIRST))
+    chunks = ((fx.b3(other_first), len(FIRST)), (fx.b3(SECOND), len(SECOND)))
+
+    def read(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        data = {fx.b3(other_first): other_first, fx.b3(SECOND): SECOND}.get(
+            request[2:34], other_first + SECOND
+        )
+        for i in range(0, len(data), 4096):
+            yield blob_chunk(data[i : i + 4096])
+
+    with scripted_server(unary={STAT: stat_reply(*chunks)}, streams={READ: read}) as target:
+        reader = open_blob(blob_service(target), B3Digest(fx.b3(fx.BLOB_B)), len(fx.BLOB_B))
+        with pytest.raises(InvalidChunkList) as info:
+            reader.read_at(HALF + 10, 100)
+        with pytest.raises(InvalidChunkList):
+            reader.read_at(0, 100)
+    assert str(B3Digest(fx.b3(fx.BLOB_B))) in str(info.value)
+
+
 def test_trailing_garbage_is_never_served() -> None:
     """The stream's excess comes after the last chunk, which verifies; a single fetch of that
     chunk gets the excess inside it and fails."""
