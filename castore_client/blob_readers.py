@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections import deque
 import threading
 import time
+from collections import deque
 
 from .chunk_cache import ChunkCache
 from .chunked_reader import check_range, fetch_verified, open_blob

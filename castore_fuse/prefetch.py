@@ -15,7 +15,9 @@ fetches the next ones, and many run at once, so that a walk of N files waits for
 N / `max_in_flight` round trips instead of N. Far from the server the window also crosses
 directories: the first directory entered below a store path brings its whole tree (the
 closure), so the order in which a recursive walk (tar, cp -r, grep -r) will read the tree's
-files is known, and reading one of them fetches the ones after it in that order.
+files is known, and two of them read in that order fetch the ones after them. Only a walk:
+a program's start (an import) reads a few files here and there in a large tree, and fetching
+the tree in walk order for it cost an import of numpy at 0 ms a third more time.
 """
 
 from __future__ import annotations
@@ -126,8 +128,12 @@ class SiblingPrefetcher:
             in_tree = self._tree_position.get(digest)
             if in_tree is not None:
                 listing, index = in_tree
-                self._fetch_ahead(listing.files[index + 1 : index + 1 + TREE_WINDOW], self._far)
-                return
+                walking = listing.last_read == index - 1
+                listing.last_read = index
+                if walking:
+                    ahead = listing.files[index + 1 : index + 1 + TREE_WINDOW]
+                    self._fetch_ahead(ahead, self._far)
+                    return
         position = self._position.get(ino)
         if position is None:
             return
