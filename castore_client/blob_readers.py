@@ -50,6 +50,9 @@ read-ahead, once started, keep itself going on a fast link (an import at 0 ms to
 instead of 0.7)."""
 
 RECENT_FETCHES = 16
+SLOW_AFTER = 4
+"""Fetches seen before a link may count as slow: the first reads after a mount also wait for
+the server's cold disk and a new connection."""
 
 UNAVAILABLE_MEMO = 1.0
 """Seconds for which a read that found the server unavailable answers a retry of the same
@@ -90,7 +93,7 @@ class BlobReaders:
     def slow(self) -> bool:
         """Whether fetches wait long enough that fetching ahead in parallel pays."""
         times = self._fetch_times
-        return bool(times) and min(times) > SLOW_FETCH
+        return len(times) >= SLOW_AFTER and min(times) > SLOW_FETCH
 
     def note_fetch_time(self, seconds: float) -> None:
         """How long a foreground fetch of a small blob took, in seconds."""
