@@ -42,7 +42,7 @@ Reading a blob by its digest returns all of its bytes however the server chunked
 skipping Stat is always correct; below this size it is also always cheaper."""
 
 SLOW_FETCH = 0.002
-"""Seconds the quickest of the recent foreground fetches of a small blob took, past which the
+"""Seconds the quickest of the recent fetches (of a small blob or a chunk) took, past which the
 link counts as slow and read-ahead gets eager (see `castore_fuse.prefetch`). Measured: 0.5-1 ms
 per small blob over loopback and a unix socket, about one round trip more over a LAN or WAN.
 The quickest, not the average: a loaded client makes fetches slower, and an average let eager
@@ -96,7 +96,8 @@ class BlobReaders:
         return len(times) >= SLOW_AFTER and min(times) > SLOW_FETCH
 
     def note_fetch_time(self, seconds: float) -> None:
-        """How long a foreground fetch of a small blob took, in seconds."""
+        """How long one fetch from the server took, in seconds. Read-ahead's own fetches count
+        too: once it serves the reads, it is all that still shows the link."""
         self._fetch_times.append(seconds)
 
     def has(self, digest: B3Digest) -> bool:
@@ -115,7 +116,10 @@ class BlobReaders:
         return OpenBlob(self, digest, size)
 
     def _fetch(self, meta: ChunkMeta, what: str) -> bytes:
-        return fetch_verified(self.service, meta, timeout=self.timeout, what=what)
+        started = time.monotonic()
+        data = fetch_verified(self.service, meta, timeout=self.timeout, what=what)
+        self.note_fetch_time(time.monotonic() - started)
+        return data
 
     def _reader(self, digest: B3Digest, size: int) -> BlobReader:
         """The cheapest verified reader for the blob (blocking: a large blob is Stat'ed)."""
@@ -170,13 +174,7 @@ class _SmallBlob:
         if offset >= (self.size or 0) or length == 0:
             return b""
         assert self.size is not None
-        readers = self._readers
-        if readers.has(self._digest):
-            return readers.fetch_small(self._digest, self.size)[offset : offset + length]
-        started = time.monotonic()
-        data = readers.fetch_small(self._digest, self.size)
-        readers.note_fetch_time(time.monotonic() - started)
-        return data[offset : offset + length]
+        return self._readers.fetch_small(self._digest, self.size)[offset : offset + length]
 
     def close(self) -> None:
         pass

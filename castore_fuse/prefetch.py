@@ -5,7 +5,7 @@ one after another, in listing order. Each small file costs a round trip of its o
 next few small files after the one being read are fetched in the background into the chunk
 cache, where their reads find them. Listing alone (find, ls) triggers nothing.
 
-How eager to be depends on the link (`BlobReaders.slow`, measured from foreground fetches).
+How eager to be depends on the link (`BlobReaders.slow`, measured from the fetches made).
 Close to the server, a single read triggers nothing: only two siblings read one after the
 other show a walk, since fetching after every first read puts a burst of background requests
 in front of whatever a program reads next elsewhere (on loopback, opening one file in each of
