@@ -5,19 +5,19 @@ one after another, in listing order. Each small file costs a round trip of its o
 next few small files after the one being read are fetched in the background into the chunk
 cache, where their reads find them. Listing alone (find, ls) triggers nothing.
 
-A single read triggers nothing: only two siblings read one after the other show a walk, since
-fetching after every first read puts a burst of background requests in front of whatever a
-program reads next elsewhere (on loopback, opening one file in each of many directories got
-2-4 times slower; an import of numpy and trio at a 0.5 ms round trip took 1.2 s instead of
-0.7). How many fetches run at once depends on the link (`BlobReaders.slow`, measured from the
-fetches made): few close to the server, where they compete with foreground work for CPU, many
-far from it, so that a walk of N files waits for about N / `max_in_flight` round trips
-instead of N. Far from the server the window also crosses directories: the first directory
-entered below a store path brings its whole tree (the closure), so the order in which a
-recursive walk (tar, cp -r, grep -r) will read the tree's files is known, and two of them read
-in that order fetch the ones after them. Only a walk: a program's start (an import) reads a
-few files here and there in a large tree, and fetching the tree in walk order for it cost an
-import of numpy at 0 ms a third more time.
+How eager to be depends on the link (`BlobReaders.slow`, measured from the fetches made).
+Close to the server, a single read triggers nothing: only two siblings read one after the
+other show a walk, since fetching after every first read puts a burst of background requests
+in front of whatever a program reads next elsewhere (on loopback, opening one file in each of
+many directories got 2-4 times slower), and few fetches run at once. Far from it, a round trip
+costs more than the work of a fetch that was not needed: the first read of a directory's file
+fetches the next ones, and many run at once, so that a walk of N files waits for about
+N / `max_in_flight` round trips instead of N. Far from the server the window also crosses
+directories: the first directory entered below a store path brings its whole tree (the
+closure), so the order in which a recursive walk (tar, cp -r, grep -r) will read the tree's
+files is known, and two of them read in that order fetch the ones after them. Only a walk:
+a program's start (an import) reads a few files here and there in a large tree, and fetching
+the tree in walk order for it cost an import of numpy at 0 ms a third more time.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class SiblingPrefetcher:
             return
         listing, index = position
         far = self.readers.slow
-        walking = listing.last_read == index - 1
+        walking = listing.last_read == index - 1 or (far and listing.last_read == -2)
         listing.last_read = index
         if not walking:
             return

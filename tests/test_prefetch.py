@@ -72,12 +72,12 @@ def test_only_a_walk_fetches_ahead(
 @pytest.mark.parametrize(
     ("reads", "fetched"),
     [
-        ((0,), []),  # one read is no walk, on a slow link too
-        ((0, 1), [2, 3, 4, 5]),  # a walk: the window after it
-        ((0, 5), []),  # a jump is no walk
+        ((0,), [1, 2, 3, 4]),  # far from the server, a first read is reason enough
+        ((5,), [6, 7, 8, 9]),  # wherever in the directory it is
+        ((0, 5), [1, 2, 3, 4]),  # a jump after the first read is still no walk
     ],
 )
-def test_a_slow_link_fetches_ahead_only_on_a_walk(
+def test_a_slow_link_fetches_ahead_at_the_first_read(
     listing: tuple[SiblingPrefetcher, ChunkCache, list[Child]],
     reads: tuple[int, ...],
     fetched: list[int],
