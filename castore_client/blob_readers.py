@@ -41,13 +41,14 @@ SMALL_BLOB = 1 << 20
 Reading a blob by its digest returns all of its bytes however the server chunked it, so
 skipping Stat is always correct; below this size it is also always cheaper."""
 
-SLOW_FETCH = 0.002
+SLOW_FETCH = 0.005
 """Seconds the quickest of the recent fetches (of a small blob or a chunk) took, past which the
 link counts as slow and read-ahead gets eager (see `castore_fuse.prefetch`). Measured: 0.5-1 ms
-per small blob over loopback and a unix socket, about one round trip more over a LAN or WAN.
-The quickest, not the average: a loaded client makes fetches slower, and an average let eager
-read-ahead, once started, keep itself going on a fast link (an import at 0 ms took 1.1 s
-instead of 0.7)."""
+per small blob over loopback, about one round trip more over a LAN or WAN. At a 20 ms round
+trip eager read-ahead made an import of numpy and trio 2.0 s instead of 3.3; at 0.5 ms it made
+it 1.2 s instead of 0.7, since a fetch not needed costs about as much client CPU as the round
+trip it saves: hence 5 ms, between the two. The quickest, not the average: a loaded client
+makes fetches slower, and an average let eager read-ahead keep itself going on a fast link."""
 
 RECENT_FETCHES = 16
 SLOW_AFTER = 4
