@@ -39,10 +39,8 @@ class ChunkCache:
         """The verified bytes for `digest`, from memory, disk or else `fetch` (which must return
         verified bytes or raise); concurrent calls for one digest share one fetch."""
         with self._lock:
-            value = self._items.get(digest)
+            value = self._hit(digest)
             if value is not None:
-                self._items.move_to_end(digest)
-                self.hits += 1
                 return value
             flight = self._flights.get(digest)
             leader = flight is None
@@ -80,15 +78,19 @@ class ChunkCache:
         memory as well.
         """
         with self._lock:
-            value = self._items.get(digest)
-            if value is not None:
-                self._items.move_to_end(digest)
-                self.hits += 1
-                return value
-        if disk and self.disk is not None:
+            value = self._hit(digest)
+        if value is None and disk and self.disk is not None:
             value = self.disk.get(digest)
             if value is not None:
                 self._insert(digest, value)
+        return value
+
+    def _hit(self, digest: B3Digest) -> bytes | None:
+        """The bytes in memory, counted as a use; the caller holds the lock."""
+        value = self._items.get(digest)
+        if value is not None:
+            self._items.move_to_end(digest)
+            self.hits += 1
         return value
 
     def put(self, digest: B3Digest, value: bytes, *, memory: bool = True) -> None:
