@@ -12,7 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -109,10 +109,14 @@ def castore_server(workdir: pathlib.Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def castore_mount(
-    address: str, mountpoint: pathlib.Path, log: pathlib.Path
+    address: str,
+    mountpoint: pathlib.Path,
+    log: pathlib.Path,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[subprocess.Popen[bytes]]:
+    """`castore mount --list-root`, plus `extra_args`, until the block ends."""
     mountpoint.mkdir(parents=True, exist_ok=True)
-    argv = castore("mount", "--store", address, "--list-root", str(mountpoint))
+    argv = castore("mount", "--store", address, "--list-root", *extra_args, str(mountpoint))
     try:
         with process(argv, lambda: os.path.ismount(mountpoint), log) as proc:
             yield proc
