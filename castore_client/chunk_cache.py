@@ -14,6 +14,15 @@ from collections.abc import Callable
 from .digest import B3Digest
 from .disk_cache import DiskChunkCache
 
+ENTRY_OVERHEAD = 256
+"""Bytes each entry costs beyond its data, counted against the budget: measured with
+tracemalloc, 105 for the ordered dict's slot and 113 for the digest key, plus the bytes
+object's header. Without it, 128 MiB of 40-byte files held about 1 GB."""
+
+
+def _cost(value: bytes) -> int:
+    return len(value) + ENTRY_OVERHEAD
+
 
 class _Flight:
     def __init__(self) -> None:
@@ -105,20 +114,24 @@ class ChunkCache:
             self.disk.put(digest, value)
 
     def _insert(self, digest: B3Digest, value: bytes) -> None:
-        if len(value) > self.max_bytes:
+        if _cost(value) > self.max_bytes:
             return
         with self._lock:
             if digest in self._items:
                 return
             self._items[digest] = value
-            self._size += len(value)
+            self._size += _cost(value)
             while self._size > self.max_bytes:
                 _, evicted = self._items.popitem(last=False)
-                self._size -= len(evicted)
+                self._size -= _cost(evicted)
 
     @property
     def size(self) -> int:
+        """Bytes held, each entry's overhead included."""
         return self._size
 
     def __contains__(self, digest: B3Digest) -> bool:
         return digest in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from castore_client.chunk_cache import ChunkCache
+from castore_client.chunk_cache import ENTRY_OVERHEAD, ChunkCache
 from castore_client.digest import B3Digest
 
 
@@ -25,11 +25,12 @@ def test_hit_after_miss() -> None:
 
 
 def test_bounded_by_bytes_least_recent_first() -> None:
-    cache = ChunkCache(250)
+    entry = 100 + ENTRY_OVERHEAD  # each entry costs its bytes and a fixed overhead
+    cache = ChunkCache(2 * entry + 50)
     for n in range(3):
         cache.get(d(n), lambda: b"x" * 100)
     assert d(0) not in cache and d(1) in cache and d(2) in cache
-    assert cache.size == 200
+    assert cache.size == 2 * entry
     cache.get(d(1), lambda: b"")  # touch 1, so 2 is now the oldest
     cache.get(d(3), lambda: b"y" * 100)
     assert d(2) not in cache and d(1) in cache
@@ -71,3 +72,13 @@ def test_concurrent_requests_share_one_fetch() -> None:
         t.join(5)
     assert fetches == 1
     assert results == [b"data"] * 8
+
+
+def test_tiny_entries_count_their_overhead() -> None:
+    """A budget of 1 MiB holds far fewer than 1 MiB / 40 entries of 40 bytes: the memory an
+    entry takes is mostly not its data."""
+    cache = ChunkCache(1 << 20)
+    for n in range(30_000):
+        cache.put(B3Digest(n.to_bytes(32, "little")), b"%040d" % n)
+    assert len(cache) < (1 << 20) // 256
+    assert cache.size <= 1 << 20
