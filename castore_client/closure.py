@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from .digest import B3Digest
 from .directory import Directory, SizeFormula
+from .directory_cache import directory_cost
 from .errors import (
     CastoreError,
     DanglingReference,
@@ -133,22 +134,28 @@ class DownloadValidator:
 
 
 def fetch_closure(
-    directories: DirectoryService, digest: B3Digest, limit: int
+    directories: DirectoryService, digest: B3Digest, limit: int, max_cost: int | None = None
 ) -> dict[B3Digest, Directory] | None:
     """The whole closure of `digest` in one recursive Get, or None where it cannot be had whole.
 
-    None (and a debug line) for a closure of more than `limit` directories, a missing or
+    None (and a debug line) for a closure of more than `limit` directories or, with
+    `max_cost`, of more memory than that (by `directory_cache.directory_cost`), a missing or
     invalid member, or a server that stopped answering part way: the caller then fetches
     directories one by one, so that only the broken part of a tree gives errors. A server that
     gave no answer at all raises Unavailable, since a single Get would wait for the same silence.
     """
     found: dict[B3Digest, Directory] = {}
+    cost = 0
     stream = directories.get_recursive(digest)
     try:
         for directory in stream:
             found[directory.digest] = directory
             if len(found) > limit:
                 log.debug("the closure of %s has more than %d directories", digest, limit)
+                return None
+            cost += directory_cost(directory)
+            if max_cost is not None and cost > max_cost:
+                log.debug("the closure of %s needs more than %d bytes", digest, max_cost)
                 return None
     except Unavailable:
         if not found:

@@ -7,6 +7,7 @@ directories are always re-encoded before hashing.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import heapq
 from collections.abc import Iterable, Iterator
@@ -66,6 +67,10 @@ class SizeFormula(enum.Enum):
         return 2 if self is SizeFormula.CURRENT else 1
 
 
+def _name(node: Node) -> bytes:
+    return node.name
+
+
 @dataclass(frozen=True)
 class Directory:
     directories: tuple[DirectoryNode, ...] = ()
@@ -101,6 +106,19 @@ class Directory:
     def entries(self) -> Iterator[Node]:
         """All children in one byte-wise name order, as readdir and NAR rendering want them."""
         return heapq.merge(self.directories, self.files, self.symlinks, key=lambda n: n.name)
+
+    @cached_property
+    def ordered(self) -> tuple[Node, ...]:
+        """`entries()` kept: a listing resumes at any offset without merging from the start."""
+        return tuple(self.entries())
+
+    def child(self, name: bytes) -> Node | None:
+        """The entry called `name`, by bisection (a dict per directory would double its memory)."""
+        ordered = self.ordered
+        index = bisect.bisect_left(ordered, name, key=_name)
+        if index < len(ordered) and ordered[index].name == name:
+            return ordered[index]
+        return None
 
     def __len__(self) -> int:
         return len(self.directories) + len(self.files) + len(self.symlinks)

@@ -55,6 +55,11 @@ _CHUNK = re.compile(r"[0-9a-f]{64}")
 _TEMPORARY = ".tmp-"
 _SIZE = ".size"
 _LOCK = ".lock"
+_REFS = ".refs"
+
+
+def _ref_name(key: bytes) -> str:
+    return B3Digest.of(key).raw.hex()
 
 
 class _Complaints:
@@ -403,6 +408,50 @@ class DiskChunkCache:
             self._store_total(root, total)
         log.debug("disk cache: evicted down to %d bytes", total)
         return max(total, 0)
+
+    # ----------------------------------------------------------------------------------------
+    # Names: a name standing for a digest (a store path's root node, say)
+
+    def put_ref(self, key: bytes, digest: B3Digest) -> None:
+        """Remember that `key` stands for `digest` (whose bytes the caller `put` too).
+
+        Names are not content: nothing can check them but whoever answered the name, so
+        they are kept apart from the chunks, in `.refs`, 32 bytes each and never evicted.
+        """
+        try:
+            root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(_REFS, dir_fd=root)
+                refs = os.open(_REFS, _DIRECTORY, dir_fd=root)
+            finally:
+                os.close(root)
+            try:
+                _write_new(refs, _ref_name(key), digest.raw)
+            finally:
+                os.close(refs)
+        except OSError as exc:
+            self._complain(f"write {_kind(exc)}", f"cannot add to {self.root / _REFS}: {exc}")
+
+    def get_ref(self, key: bytes) -> B3Digest | None:
+        """The digest `key` was last said to stand for, or None."""
+        path = self.root / _REFS / _ref_name(key)
+        try:
+            fd = os.open(path, _READ)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._complain(f"read {_kind(exc)}", f"cannot read {path}: {exc}")
+            return None
+        try:
+            st = os.fstat(fd)
+            data = _read_fd(fd, 33) if stat.S_ISREG(st.st_mode) else b""
+        except OSError as exc:
+            self._complain(f"read {_kind(exc)}", f"cannot read {path}: {exc}")
+            return None
+        finally:
+            os.close(fd)
+        return B3Digest(data) if len(data) == 32 else None
 
     def total_bytes(self) -> int:
         """What the chunks on disk add up to, counted now (the `.size` file is not asked)."""

@@ -17,27 +17,29 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
-from collections import deque
-from collections.abc import AsyncGenerator
+from collections import OrderedDict, deque
+from collections.abc import AsyncGenerator, Iterable, MutableMapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 
 from castore_client.blob_readers import BlobReaders, OpenBlob
 from castore_client.closure import fetch_closure
 from castore_client.digest import B3Digest
-from castore_client.directory import Directory, Node
+from castore_client.directory import Directory, DirectoryNode, Node
+from castore_client.directory_cache import DirectoryCache
 from castore_client.services import DirectoryService
 
 from .bridge import StreamPump, run_blocking
 from .inodes import (
     ROOT_INODE,
-    Child,
     DirectoryInode,
     FileInode,
     InodeData,
-    InodeTracker,
+    InodeTable,
     SymlinkInode,
+    inode_data,
 )
 from .prefetch import SiblingPrefetcher
 from .root_nodes import RootNodes
@@ -45,6 +47,9 @@ from .root_nodes import RootNodes
 log = logging.getLogger(__name__)
 
 ROOT_LISTING_BOUND = 16
+
+ROOT_NAMES = 65_536
+"""Store path names (and root directories) remembered; past this the oldest are asked again."""
 
 
 class FsError(Exception):
@@ -101,6 +106,7 @@ class CastoreFilesystem:
         show_xattr: bool = False,
         xattr_namespace: str = "tvix",
         prefetch_directories: int = 10_000,
+        listings: DirectoryCache | None = None,
     ) -> None:
         self.readers = readers
         self.directories = directories
@@ -108,16 +114,16 @@ class CastoreFilesystem:
         self.list_root = list_root
         self.show_xattr = show_xattr
         self.xattr_prefix = f"user.{xattr_namespace}.castore.".encode()
-        self.inodes = InodeTracker()
-        self._root_names: dict[bytes, int] = {}
-        self._roots: set[int] = set()
+        self.inodes = InodeTable()
+        self.listings = listings if listings is not None else DirectoryCache()
+        self._root_names: OrderedDict[bytes, Node] = OrderedDict()
+        self._root_digests: OrderedDict[B3Digest, None] = OrderedDict()
         self._fetching: dict[B3Digest, trio.Event] = {}
         self._handles = itertools.count(1)
         self._dirs: dict[int, _RootListing | _DirListing] = {}
         self._files: dict[int, _OpenFile] = {}
         self.prefetcher = SiblingPrefetcher(readers)
         self.prefetch_limit = prefetch_directories
-        self._prefetched: dict[B3Digest, Directory] = {}
 
     # -- inodes and names -------------------------------------------------------------------
 
@@ -131,61 +137,62 @@ class CastoreFilesystem:
         return data
 
     async def lookup(self, parent: int, name: bytes) -> tuple[int, InodeData]:
+        """The entry's inode; the caller tells `handed_out` once the kernel has it."""
         if parent == ROOT_INODE:
-            return await self._lookup_root(name)
-        directory = await self._populated(parent)
-        child = directory.by_name.get(name)
-        if child is None:
+            node = await self._root_node(name)
+        else:
+            node = (await self._populated(parent)).child(name)
+        if node is None:
             raise FsError(errno.ENOENT)
-        return child.ino, self._child_data(child)
+        return self.inodes.put(node), inode_data(node)
 
-    async def _lookup_root(self, name: bytes) -> tuple[int, InodeData]:
-        ino = self._root_names.get(name)
-        if ino is None:
+    def handed_out(self, ino: int) -> None:
+        """The kernel received an entry for `ino` (a lookup reply, a readdirplus entry)."""
+        self.inodes.handed_out(ino)
+
+    def forget(self, ino: int, count: int) -> None:
+        self.inodes.forget(ino, count)
+
+    async def _root_node(self, name: bytes) -> Node | None:
+        node = self._root_names.get(name)
+        if node is None:
             node = await run_blocking(self.root_nodes.get, name)
             if node is None:
-                raise FsError(errno.ENOENT)
-            ino = self._remember_root(node)
-        data = self.inodes.get(ino)
-        assert data is not None
-        return ino, data
+                return None
+            self._remember_root(node)
+        return node
 
-    def _remember_root(self, node: Node) -> int:
-        ino = self.inodes.put(node)
-        self._root_names[node.name] = ino
-        self._roots.add(ino)
-        return ino
+    def _remember_root(self, node: Node) -> None:
+        _remember(self._root_names, node.name, node)
+        if isinstance(node, DirectoryNode):
+            _remember(self._root_digests, node.digest, None)
 
-    def _child_data(self, child: Child) -> InodeData:
-        data = self.inodes.get(child.ino)
-        assert data is not None
-        return data
-
-    async def _populated(self, ino: int) -> DirectoryInode:
-        """The directory at `ino` with its children, fetching its Directory once if needed."""
+    async def _populated(self, ino: int) -> Directory:
+        """The directory at `ino` with its entries, fetched once however many ask at once."""
         data = self.data(ino)
         if not isinstance(data, DirectoryInode):
             raise FsError(errno.ENOTDIR)
-        while not data.populated:
-            pending = self._fetching.get(data.digest)
+        digest = data.digest
+        while True:
+            directory = self.listings.get(digest)
+            if directory is not None:
+                return directory
+            pending = self._fetching.get(digest)
             if pending is not None:
                 await pending.wait()
                 continue
-            done = self._fetching[data.digest] = trio.Event()
+            done = self._fetching[digest] = trio.Event()
             try:
-                directory = self._prefetched.pop(data.digest, None)
+                directory = await run_blocking(self.listings.get, digest, True)
                 if directory is None:
-                    directory = await self._fetch_directory(data.digest, root=ino in self._roots)
-                children = tuple(
-                    Child(node.name, self.inodes.put(node), node) for node in directory.entries()
-                )
-                data.by_name = {child.name: child for child in children}
-                data.children = children
-                self.prefetcher.note_directory(children)
+                    directory = await self._fetch_directory(
+                        digest, root=digest in self._root_digests
+                    )
+                self.prefetcher.note_directory(directory)
+                return directory
             finally:
-                del self._fetching[data.digest]
+                del self._fetching[digest]
                 done.set()
-        return data
 
     async def _fetch_directory(self, digest: B3Digest, *, root: bool) -> Directory:
         """One Directory; under a root node, its whole closure at once (bounded).
@@ -195,13 +202,23 @@ class CastoreFilesystem:
         """
         if root and self.prefetch_limit > 0:
             closure = await run_blocking(
-                fetch_closure, self.directories, digest, self.prefetch_limit
+                fetch_closure,
+                self.directories,
+                digest,
+                self.prefetch_limit,
+                self.listings.max_bytes // 2,
             )
             if closure is not None:
-                self._prefetched.update(closure)
+                await run_blocking(self._keep_all, closure.values())
                 self.prefetcher.note_tree(digest, closure)
-                return self._prefetched.pop(digest)
-        return await run_blocking(self.directories.get, digest)
+                return closure[digest]
+        directory = await run_blocking(self.directories.get, digest)
+        await run_blocking(self.listings.put, directory)
+        return directory
+
+    def _keep_all(self, directories: Iterable[Directory]) -> None:
+        for directory in directories:
+            self.listings.put(directory)
 
     # -- directories -------------------------------------------------------------------------
 
@@ -225,11 +242,13 @@ class CastoreFilesystem:
         if listing is None:
             raise FsError(errno.EBADF)
         if isinstance(listing, _DirListing):
-            directory = await self._populated(listing.ino)
-            assert directory.children is not None
-            for index in range(start, len(directory.children)):
-                child = directory.children[index]
-                yield Entry(child.name, child.ino, self._child_data(child), index + 1)
+            # Looked up again at every call: an evicted directory comes back in the same
+            # order, so the offsets the kernel holds stay valid.
+            ordered = (await self._populated(listing.ino)).ordered
+            put = self.inodes.put
+            for index in range(start, len(ordered)):
+                node = ordered[index]
+                yield Entry(node.name, put(node), inode_data(node), index + 1)
             return
         async for entry in self._read_root_listing(listing, start):
             yield entry
@@ -253,10 +272,8 @@ class CastoreFilesystem:
             listing.received += 1
             if listing.received <= start:
                 continue
-            ino = self._remember_root(value)
-            data = self.inodes.get(ino)
-            assert data is not None
-            entry = Entry(value.name, ino, data, listing.received)
+            self._remember_root(value)
+            entry = Entry(value.name, self.inodes.put(value), inode_data(value), listing.received)
             listing.pending.append(entry)
             yield entry
 
@@ -291,7 +308,7 @@ class CastoreFilesystem:
             data = await run_blocking(handle.blob.read_at, offset, size)
         if self.readers.is_small(handle.data.size):
             # Only now: fetching the neighbours first would make this read wait behind them.
-            self.prefetcher.after_read(handle.ino, handle.data.digest)
+            self.prefetcher.after_read(handle.data.digest)
         return data
 
     async def release(self, fh: int) -> None:
@@ -337,3 +354,14 @@ class CastoreFilesystem:
             handle.blob.close()
         self._files.clear()
         self.prefetcher.close()
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _remember(table: MutableMapping[K, V], key: K, value: V) -> None:
+    """Insert into a bounded table, forgetting the oldest entry past ROOT_NAMES."""
+    table[key] = value
+    if len(table) > ROOT_NAMES:
+        del table[next(iter(table))]

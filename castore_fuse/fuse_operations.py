@@ -31,6 +31,10 @@ R = TypeVar("R")
 # Content never changes, so the kernel may cache names and attributes for as long as it likes.
 FOREVER = float(2**31)
 
+ATTRIBUTES_KEPT = 16_384
+"""Built attributes kept for reuse; the kernel caches them itself, so only repeated listings
+of the same directories gain, and a walk of millions must not keep one per inode."""
+
 
 def fuse_errors(
     handler: Callable[P, Coroutine[Any, Any, R]],
@@ -64,6 +68,8 @@ class CastoreOperations(pyfuse3.Operations):
     def attributes(self, ino: int, data: InodeData | None) -> pyfuse3.EntryAttributes:
         attr = self._attributes.get(ino)
         if attr is None:
+            if len(self._attributes) >= ATTRIBUTES_KEPT:
+                self._attributes.clear()
             attr = self._attributes[ino] = self._build_attributes(ino, data)
         return attr
 
@@ -98,7 +104,9 @@ class CastoreOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
         ino, data = await self.fs.lookup(parent_inode, name)
-        return self.attributes(ino, data)
+        attr = self.attributes(ino, data)
+        self.fs.handed_out(ino)
+        return attr
 
     @fuse_errors
     async def getattr(
@@ -122,6 +130,8 @@ class CastoreOperations(pyfuse3.Operations):
                     token, entry.name, self.attributes(entry.ino, entry.data), entry.next_id
                 ):
                     break
+                # readdirplus: the kernel counts a lookup for every entry it was given.
+                self.fs.handed_out(entry.ino)
 
     @fuse_errors
     async def releasedir(self, fh: int) -> None:
@@ -168,7 +178,10 @@ class CastoreOperations(pyfuse3.Operations):
         return data
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        """Inodes name content and are never reused, so there is nothing to free."""
+        """FORGET and BATCH_FORGET: the kernel dropped `count` lookups of each inode."""
+        for ino, count in inode_list:
+            self.fs.forget(ino, count)
+            self._attributes.pop(ino, None)
 
     @fuse_errors
     async def access(

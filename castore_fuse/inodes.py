@@ -5,15 +5,25 @@ not where it is: every directory with the same digest and size is one inode, eve
 the same blob, size and executable bit is one, every symlink with the same target is one. The
 size is part of the key because it is the node's claim, not the blob's: a store path that
 names a blob with a wrong size must not change what honest paths to the same blob show (its
-own reads fail verification instead). Inodes are never freed: the table grows with the
-distinct content a mount has seen, not with its paths.
+own reads fail verification instead).
+
+The table holds what the kernel holds. Each entry handed to the kernel (a lookup reply, an
+entry of a readdirplus reply) adds one to the inode's lookup count and each FORGET takes the
+kernel's count off again, as the FUSE protocol defines them; an inode whose count reaches zero
+is dropped, and the same content met again later gets a new number. Numbers are never reused,
+so a number the kernel still holds always means the same content.
+
+Memory is what limits a walk of millions of files, since the kernel keeps an inode for every
+entry a readdirplus handed it until memory pressure makes it forget. An inode costs one
+packed key (kind, digest, size, flag: about 80 bytes) and two dict slots, about 190 bytes in
+all (measured with tracemalloc over 1,000,000 inodes); the count is stored only where it is
+not 1, which is rare. Node objects with digest objects were about 1 KiB per inode.
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
-from typing import Any
+import struct
+from dataclasses import dataclass
 
 from castore_client.digest import B3Digest
 from castore_client.directory import DirectoryNode, FileNode, Node, SymlinkNode
@@ -33,89 +43,113 @@ class SymlinkInode:
     target: bytes
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class DirectoryInode:
-    """A directory; `children` stays None until its Directory object has been fetched."""
+    """A directory; its entries live in the listing cache (`listings.py`), keyed by digest."""
 
     digest: B3Digest
     size: int
-    children: tuple[Child, ...] | None = None
-    by_name: dict[bytes, Child] = field(default_factory=dict)
-
-    @property
-    def populated(self) -> bool:
-        return self.children is not None
-
-
-@dataclass(frozen=True, slots=True)
-class Child:
-    name: bytes
-    ino: int
-    node: Node
 
 
 InodeData = FileInode | SymlinkInode | DirectoryInode
 
+_FILE, _EXECUTABLE, _DIRECTORY, _SYMLINK = b"f", b"x", b"d", b"l"
+_SIZED = struct.Struct("<32sQ")
+
+
+def _key(node: Node) -> bytes:
+    if type(node) is FileNode:
+        kind = _EXECUTABLE if node.executable else _FILE
+        return kind + _SIZED.pack(node.digest.raw, node.size)
+    if type(node) is DirectoryNode:
+        return _DIRECTORY + _SIZED.pack(node.digest.raw, node.size)
+    assert isinstance(node, SymlinkNode)
+    return _SYMLINK + node.target
+
+
+def _data(key: bytes) -> InodeData:
+    kind = key[:1]
+    if kind == _SYMLINK:
+        return SymlinkInode(key[1:])
+    raw, size = _SIZED.unpack_from(key, 1)
+    if kind == _DIRECTORY:
+        return DirectoryInode(B3Digest(raw), size)
+    return FileInode(B3Digest(raw), size, kind == _EXECUTABLE)
+
 
 def inode_data(node: Node) -> InodeData:
-    if isinstance(node, DirectoryNode):
-        return DirectoryInode(node.digest, node.size)
-    if isinstance(node, FileNode):
+    """What `get` answers for `node`'s inode, built from the node (sharing its digest)."""
+    if type(node) is FileNode:
         return FileInode(node.digest, node.size, node.executable)
+    if type(node) is DirectoryNode:
+        return DirectoryInode(node.digest, node.size)
+    assert isinstance(node, SymlinkNode)
     return SymlinkInode(node.target)
 
 
-class InodeTracker:
-    """Allocates inode numbers from 2 upwards (1 is the root) and finds them by content.
+class InodeTable:
+    """Inode numbers from 2 upwards (1 is the root), found by content, with lookup counts.
 
-    Thread-safe, since lookups race with each other across FUSE worker tasks only between
-    awaits, but tests and tools may also use it from threads.
+    Used from the trio thread only: every change happens between two awaits.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._data: dict[int, InodeData] = {}
-        # One table per kind, so that the keys need no kind tag: this runs for every entry of
-        # every directory listed.
-        self._files: dict[tuple[B3Digest, int, bool], int] = {}
-        self._directories: dict[tuple[B3Digest, int], int] = {}
-        self._symlinks: dict[bytes, int] = {}
+        self._keys: dict[int, bytes] = {}
+        self._inos: dict[bytes, int] = {}
+        self._counts: dict[int, int] = {}
         self._next = ROOT_INODE + 1
 
     def put(self, node: Node) -> int:
-        """The inode of `node`'s content, allocated on first sight."""
-        table: dict[Any, int]
-        key: Any
-        if type(node) is FileNode:
-            table, key = self._files, (node.digest, node.size, node.executable)
-        elif type(node) is DirectoryNode:
-            table, key = self._directories, (node.digest, node.size)
-        else:
-            assert isinstance(node, SymlinkNode)
-            table, key = self._symlinks, node.target
-        with self._lock:
-            ino = table.get(key)
-            if ino is None:
-                ino = self._next
-                self._next += 1
-                table[key] = ino
-                self._data[ino] = inode_data(node)
-            return ino
+        """The inode of `node`'s content, allocated on first sight with a lookup count of 0.
+
+        An inode nobody hands to the kernel stays at 0 and costs its memory until it is; call
+        `handed_out` once the kernel has the entry."""
+        key = _key(node)
+        ino = self._inos.get(key)
+        if ino is None:
+            ino = self._next
+            self._next += 1
+            self._inos[key] = ino
+            self._keys[ino] = key
+            self._counts[ino] = 0
+        return ino
+
+    def handed_out(self, ino: int) -> None:
+        """The kernel received an entry for `ino`: its lookup count goes up by one."""
+        if ino in self._keys:
+            count = self._counts.pop(ino, 1) + 1
+            if count != 1:
+                self._counts[ino] = count
+
+    def forget(self, ino: int, count: int) -> None:
+        """The kernel forgot `count` lookups of `ino`; at none left, the inode goes."""
+        if ino not in self._keys:
+            return
+        left = self._counts.pop(ino, 1) - count
+        if left > 0:
+            if left != 1:
+                self._counts[ino] = left
+            return
+        del self._inos[self._keys.pop(ino)]
+
+    def lookups(self, ino: int) -> int:
+        """The lookup count the kernel holds on `ino` (0 for an inode not in the table)."""
+        return self._counts.get(ino, 1) if ino in self._keys else 0
 
     def get(self, ino: int) -> InodeData | None:
-        return self._data.get(ino)
+        key = self._keys.get(ino)
+        return None if key is None else _data(key)
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self._keys)
 
 
 __all__ = [
     "ROOT_INODE",
-    "Child",
     "DirectoryInode",
     "FileInode",
     "InodeData",
-    "InodeTracker",
+    "InodeTable",
     "SymlinkInode",
     "inode_data",
 ]

@@ -23,6 +23,7 @@ the tree in walk order for it cost an import of numpy at 0 ms a third more time.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,8 +33,6 @@ from castore_client.cancel import CancelScope
 from castore_client.digest import B3Digest
 from castore_client.directory import Directory, DirectoryNode, FileNode
 from castore_client.services import ChunkMeta
-
-from .inodes import Child
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +56,17 @@ TREE_WINDOW = 256
 TREE_FILES = 50_000
 """Trees with more small files than this are not indexed for walks (memory per mount)."""
 
+RECENT_LISTINGS = 64
+"""Directories listed since the last read that are still indexed at the next one: a walk reads
+in the directory it listed last, and a `find` of millions must not be kept for a read."""
+
+MAX_POSITIONS = 200_000
+"""Small files whose place among their siblings is remembered; past this the index starts
+over (a few MB), so that a long walk does not grow the mount's memory."""
+
+RECENT_TREES = 4
+"""Fetched closures kept until a slow link's walk needs their order."""
+
 
 class SiblingPrefetcher:
     def __init__(
@@ -75,25 +85,30 @@ class SiblingPrefetcher:
             max(max_in_flight, workers), thread_name_prefix="castore-prefetch-far"
         )
         self._scope = CancelScope()
-        self._position: dict[int, tuple[_Listing, int]] = {}
-        self._unindexed: list[tuple[Child, ...]] = []
+        self._position: dict[B3Digest, tuple[_Listing, int]] = {}
+        self._unindexed: deque[Directory] = deque(maxlen=RECENT_LISTINGS)
         self._tree_position: dict[B3Digest, tuple[_Listing, int]] = {}
-        self._trees: list[tuple[B3Digest, Mapping[B3Digest, Directory]]] = []
+        self._trees: deque[tuple[B3Digest, Mapping[B3Digest, Directory]]] = deque(
+            maxlen=RECENT_TREES
+        )
         self._pending: set[object] = set()
 
-    def note_directory(self, children: tuple[Child, ...]) -> None:
-        """Remember a listed directory's children, to be indexed when a file is next read.
+    def note_directory(self, directory: Directory) -> None:
+        """Remember a listed directory, to be indexed when a file is next read.
 
         Listing a tree (find, ls -R) reads no file, so it should not pay for the index.
         """
-        self._unindexed.append(children)
+        self._unindexed.append(directory)
 
     def note_tree(self, root: B3Digest, closure: Mapping[B3Digest, Directory]) -> None:
         """Remember a fetched closure, to be put in walk order if a slow link needs it."""
         self._trees.append((root, dict(closure)))
 
     def _index_trees(self) -> None:
-        trees, self._trees = self._trees, []
+        trees = list(self._trees)
+        self._trees.clear()
+        if len(self._tree_position) > MAX_POSITIONS:
+            self._tree_position.clear()
         for root, closure in trees:
             files = _walk_order(root, closure)
             if files is None:
@@ -105,24 +120,25 @@ class SiblingPrefetcher:
 
     def _index(self) -> None:
         """Where each small file of the directories listed so far stands among its siblings."""
-        unindexed, self._unindexed = self._unindexed, []
-        for children in unindexed:
+        unindexed = list(self._unindexed)
+        self._unindexed.clear()
+        if len(self._position) > MAX_POSITIONS:
+            self._position.clear()
+        for directory in unindexed:
             small = tuple(
-                (child.ino, ChunkMeta(child.node.digest, child.node.size))
-                for child in children
-                if isinstance(child.node, FileNode)
-                and child.node.size > 0
-                and self.readers.is_small(child.node.size)
+                ChunkMeta(node.digest, node.size)
+                for node in directory.files
+                if node.size > 0 and self.readers.is_small(node.size)
             )
-            listing = _Listing(tuple(meta for _, meta in small))
-            for index, (ino, _) in enumerate(small):
-                self._position[ino] = (listing, index)
+            listing = _Listing(small)
+            for index, meta in enumerate(small):
+                self._position[meta.digest] = (listing, index)
 
-    def after_read(self, ino: int, digest: B3Digest | None = None) -> None:
+    def after_read(self, digest: B3Digest) -> None:
         """A small file was read: if it follows the last one read there, fetch the next ones."""
         if self._unindexed:
             self._index()
-        if digest is not None and self.readers.slow:
+        if self.readers.slow:
             if self._trees:
                 self._index_trees()
             in_tree = self._tree_position.get(digest)
@@ -134,7 +150,7 @@ class SiblingPrefetcher:
                     ahead = listing.files[index + 1 : index + 1 + TREE_WINDOW]
                     self._fetch_ahead(ahead, self._far)
                     return
-        position = self._position.get(ino)
+        position = self._position.get(digest)
         if position is None:
             return
         listing, index = position

@@ -13,9 +13,13 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Protocol
 
+from castore_client.codec import decode_directory
 from castore_client.digest import B3Digest
 from castore_client.directory import Directory, Node, validate_name
+from castore_client.directory_cache import DirectoryCache
+from castore_client.disk_cache import DiskChunkCache
 from castore_client.errors import (
+    CastoreError,
     DirectoryValidationError,
     InvalidStorePath,
     PathInfoNotFound,
@@ -67,26 +71,78 @@ class PathInfoRootNodes:
             yield node
 
 
+class RememberedRootNodes:
+    """Root names answered before, from the disk cache first, then from `inner`.
+
+    A store path's content never changes for as long as the path exists, so its root node,
+    once answered, is kept on disk (as a one-entry Directory, so that it is checked on the
+    way out like any cached object) under a name scoped to the server's address: a later
+    mount starts warm, and with the server gone the names it knew still resolve. A path the
+    server has since deleted keeps resolving from the cache until the cache forgets it.
+    """
+
+    def __init__(self, inner: RootNodes, disk: DiskChunkCache, scope: str) -> None:
+        self.inner = inner
+        self.disk = disk
+        self.scope = scope.encode()
+
+    def get(self, name: bytes) -> Node | None:
+        key = b"root node\0" + self.scope + b"\0" + name
+        node = self._remembered(key, name)
+        if node is not None:
+            return node
+        node = self.inner.get(name)
+        if node is not None:
+            record = Directory.of([node])
+            self.disk.put(record.digest, record.encoded)
+            self.disk.put_ref(key, record.digest)
+        return node
+
+    def _remembered(self, key: bytes, name: bytes) -> Node | None:
+        digest = self.disk.get_ref(key)
+        data = None if digest is None else self.disk.get(digest)
+        if data is None:
+            return None
+        try:
+            record = decode_directory(data)
+            record.validate()
+        except (CastoreError, ValueError) as exc:
+            log.warning("disk cache: the record of root node %r is not valid: %s", name, exc)
+            return None
+        return _checked(record.child(name), name)
+
+    def list(self) -> Iterator[Node]:
+        return self.inner.list()
+
+
 class DirectoryRootNodes:
     """The entries of one castore Directory, fetched (and validated) once."""
 
-    def __init__(self, directories: DirectoryService, digest: B3Digest) -> None:
+    def __init__(
+        self,
+        directories: DirectoryService,
+        digest: B3Digest,
+        cache: DirectoryCache | None = None,
+    ) -> None:
         self.directories = directories
         self.digest = digest
+        self.cache = cache
         self._lock = threading.Lock()
         self._directory: Directory | None = None
 
     def _get_directory(self) -> Directory:
         with self._lock:
             if self._directory is None:
-                self._directory = self.directories.get(self.digest)
+                found = None if self.cache is None else self.cache.get(self.digest, disk=True)
+                if found is None:
+                    found = self.directories.get(self.digest)
+                    if self.cache is not None:
+                        self.cache.put(found)
+                self._directory = found
             return self._directory
 
     def get(self, name: bytes) -> Node | None:
-        for node in self._get_directory().entries():
-            if node.name == name:
-                return node
-        return None
+        return self._get_directory().child(name)
 
     def list(self) -> Iterator[Node]:
         return self._get_directory().entries()

@@ -9,10 +9,9 @@ import pytest
 from castore_client.blob_readers import BlobReaders
 from castore_client.chunk_cache import ChunkCache
 from castore_client.digest import B3Digest
-from castore_client.directory import DirectoryNode, FileNode
+from castore_client.directory import Directory, DirectoryNode, FileNode, Node
 from castore_client.services import Services
 from castore_client.stores import open_memory_store
-from castore_fuse.inodes import Child
 from castore_fuse.prefetch import SiblingPrefetcher
 
 FILES = 12
@@ -20,19 +19,19 @@ WINDOW = 4
 
 
 @pytest.fixture
-def listing() -> Iterator[tuple[SiblingPrefetcher, ChunkCache, list[Child]]]:
+def listing() -> Iterator[tuple[SiblingPrefetcher, ChunkCache, list[FileNode]]]:
     store: Services = open_memory_store()
-    children = []
+    files = []
     for n in range(FILES):
         content = b"file %d " % n * 50
         digest = store.blobs.put([content])
-        children.append(Child(b"f%02d" % n, 100 + n, FileNode(b"f%02d" % n, digest, len(content))))
-    # A subdirectory in the middle is not a small file: it is skipped, not counted.
-    children.insert(3, Child(b"sub", 99, DirectoryNode(b"sub", B3Digest(bytes(32)), 0)))
+        files.append(FileNode(b"f%02d" % n, digest, len(content)))
+    # A subdirectory among them is not a small file: it is skipped, not counted.
+    nodes: list[Node] = [*files, DirectoryNode(b"f03a", B3Digest(bytes(32)), 0)]
     cache = ChunkCache(1 << 20)
     prefetcher = SiblingPrefetcher(BlobReaders(store.blobs, cache), window=WINDOW, workers=2)
-    prefetcher.note_directory(tuple(children))
-    yield prefetcher, cache, [c for c in children if isinstance(c.node, FileNode)]
+    prefetcher.note_directory(Directory.of(nodes))
+    yield prefetcher, cache, files
     prefetcher.close()
     store.close()
 
@@ -42,8 +41,8 @@ def settle(prefetcher: SiblingPrefetcher) -> None:
     prefetcher.close(wait=True)
 
 
-def cached(cache: ChunkCache, files: list[Child]) -> list[int]:
-    return [n for n, child in enumerate(files) if child.node.digest in cache]
+def cached(cache: ChunkCache, files: list[FileNode]) -> list[int]:
+    return [n for n, child in enumerate(files) if child.digest in cache]
 
 
 @pytest.mark.parametrize(
@@ -56,17 +55,17 @@ def cached(cache: ChunkCache, files: list[Child]) -> list[int]:
     ],
 )
 def test_only_a_walk_fetches_ahead(
-    listing: tuple[SiblingPrefetcher, ChunkCache, list[Child]],
+    listing: tuple[SiblingPrefetcher, ChunkCache, list[FileNode]],
     reads: tuple[int, ...],
     fetched: list[int],
 ) -> None:
     prefetcher, cache, files = listing
     for n in reads:
-        prefetcher.after_read(files[n].ino)
+        prefetcher.after_read(files[n].digest)
     settle(prefetcher)
     assert cached(cache, files) == fetched
     for n in fetched:
-        assert cache.peek(files[n].node.digest) == b"file %d " % n * 50
+        assert cache.peek(files[n].digest) == b"file %d " % n * 50
 
 
 @pytest.mark.parametrize(
@@ -78,7 +77,7 @@ def test_only_a_walk_fetches_ahead(
     ],
 )
 def test_a_slow_link_fetches_ahead_at_the_first_read(
-    listing: tuple[SiblingPrefetcher, ChunkCache, list[Child]],
+    listing: tuple[SiblingPrefetcher, ChunkCache, list[FileNode]],
     reads: tuple[int, ...],
     fetched: list[int],
 ) -> None:
@@ -87,7 +86,7 @@ def test_a_slow_link_fetches_ahead_at_the_first_read(
         prefetcher.readers.note_fetch_time(0.020)  # a 20 ms round trip
     assert prefetcher.readers.slow
     for n in reads:
-        prefetcher.after_read(files[n].ino)
+        prefetcher.after_read(files[n].digest)
     settle(prefetcher)
     assert cached(cache, files) == fetched
 
@@ -122,7 +121,7 @@ def test_a_slow_link_fetches_ahead_across_the_directories_of_a_tree() -> None:
         prefetcher.note_tree(root.digest, {d.digest: d for d in (root, a, b, c)})
         for _ in range(4):
             readers.note_fetch_time(0.020)
-        prefetcher.after_read(1000, digests[1])  # one read in walk order is no walk yet
-        prefetcher.after_read(1001, digests[2])  # the next in walk order: directory b
+        prefetcher.after_read(digests[1])  # one read in walk order is no walk yet
+        prefetcher.after_read(digests[2])  # the next in walk order: directory b
         prefetcher.close(wait=True)
         assert [n for n in range(6) if digests[n] in cache] == [3, 4, 5]

@@ -73,6 +73,15 @@ def add_parser(subparsers: Subparsers) -> None:
         metavar="SIZE",
         help="verified chunks kept in memory (default 128M)",
     )
+    parser.add_argument(
+        "--metadata-cache-size",
+        default="32M",
+        metavar="SIZE",
+        help=(
+            "directories kept in memory (default 32M); past it the least recently used are "
+            "fetched again (from --cache-dir if there is one)"
+        ),
+    )
     parser.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
     parser.set_defaults(run=run)
 
@@ -83,14 +92,15 @@ def run(args: argparse.Namespace) -> int:
     config = client_config(args)
     # Every number is checked before anything is connected or mounted.
     _size("--memory-cache-size", args.memory_cache_size)
+    _size("--metadata-cache-size", args.metadata_cache_size)
     _size("--cache-size", args.cache_size)
     root_digest = _root_digest(args.root_digest)
     try:
         mountpoint = check_mountpoint(args.mountpoint)
     except MountError as exc:
         raise UsageError(str(exc)) from None
-    with open_client(config) as services:
-        fs = _filesystem(args, services, config.namespace, root_digest)
+    with _open_services(config, args.cache_dir) as services:
+        fs = _filesystem(args, services, config.namespace, root_digest, config)
         try:
             run_mount(
                 fs,
@@ -106,31 +116,62 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_services(config: ClientConfig, cache_dir: str | None) -> Services:
+    """The services; with a cache, a server that cannot be reached is no reason not to mount:
+    whatever the cache holds is served, and the rest fails within --timeout."""
+    import dataclasses
+    import logging
+
+    try:
+        return open_client(config)
+    except UsageError as exc:
+        if not cache_dir or config.connect_timeout is None:
+            raise
+        logging.getLogger(__name__).warning("%s; serving what %s holds", exc, cache_dir)
+        return open_client(dataclasses.replace(config, connect_timeout=None))
+
+
 def _filesystem(
     args: argparse.Namespace,
     services: Services,
     namespace: Namespace,
     root_digest: B3Digest | None,
+    config: ClientConfig,
 ) -> CastoreFilesystem:
     """The filesystem model the options ask for, over the opened services."""
     from castore_client.blob_readers import BlobReaders
+    from castore_client.directory_cache import DirectoryCache
     from castore_client.rpc.namespace import Namespace
 
     from ..fs_model import CastoreFilesystem
-    from ..root_nodes import DirectoryRootNodes, PathInfoRootNodes, RootNodes
+    from ..root_nodes import (
+        DirectoryRootNodes,
+        PathInfoRootNodes,
+        RememberedRootNodes,
+        RootNodes,
+    )
 
+    chunks = _chunk_cache(args)
+    listings = DirectoryCache(
+        _size("--metadata-cache-size", args.metadata_cache_size),
+        chunks.disk,
+    )
     root_nodes: RootNodes
     if root_digest is not None:
-        root_nodes = DirectoryRootNodes(services.directories, root_digest)
+        root_nodes = DirectoryRootNodes(services.directories, root_digest, listings)
     else:
         root_nodes = PathInfoRootNodes(services.path_infos)
+        if chunks.disk is not None:
+            scope = ",".join(str(address) for address in config.path_infos)
+            root_nodes = RememberedRootNodes(root_nodes, chunks.disk, scope)
     return CastoreFilesystem(
-        BlobReaders(services.blobs, _chunk_cache(args), spool=_spool(args)),
+        BlobReaders(services.blobs, chunks, spool=_spool(args)),
         services.directories,
         root_nodes,
         list_root=args.list_root,
         show_xattr=args.show_xattr,
         xattr_namespace="snix" if namespace is Namespace.SNIX else "tvix",
+        listings=listings,
     )
 
 
