@@ -13,17 +13,20 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import trio
 
 from castore_client.blob_readers import BlobReaders
+from castore_client.codec import decode_named_directory
 from castore_client.digest import B3Digest
 from castore_client.directory import Directory, DirectoryNode, FileNode, SymlinkNode
 from castore_client.directory_cache import DirectoryCache, directory_cost
 from castore_client.disk_cache import DiskChunkCache
+from castore_client.errors import DigestMismatch, ProtocolError
 from castore_client.rpc.server import CastoreServer
-from castore_client.services import Services
+from castore_client.services import DirectoryService, Services
 from castore_client.stores import open_memory_store
 from castore_fuse.fs_model import CastoreFilesystem
-from castore_fuse.inodes import ROOT_INODE, FileInode
+from castore_fuse.inodes import ROOT_INODE, DirectoryInode, FileInode, InodeTable
 from castore_fuse.root_nodes import StaticRootNodes
 
 from . import fixtures as fx
@@ -357,3 +360,94 @@ def test_offline_without_a_cache_still_refuses_to_start(
     )
     assert result.returncode != 0
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_directory_is_checked_by_the_bytes_that_arrived_or_by_its_encoding() -> None:
+    files = [fx.file_node(b"a", fx.b3(b"a"), 1)]
+    links = [fx.symlink_node(b"s", b"a")]
+    canonical = fx.directory(files=files, links=links)
+    digest = B3Digest(fx.b3(canonical))
+    directory = decode_named_directory(canonical, digest)
+    assert directory.encoded == canonical and directory.digest == digest
+    # The same directory with its fields in another order: other bytes, still the directory.
+    reordered = fx.field_bytes(3, links[0]) + fx.field_bytes(2, files[0])
+    assert reordered != canonical
+    assert decode_named_directory(reordered, digest).encoded == canonical
+    other = fx.directory(files=[fx.file_node(b"b", fx.b3(b"b"), 1)])
+    with pytest.raises(DigestMismatch):
+        decode_named_directory(other, digest)
+    with pytest.raises(ProtocolError):
+        decode_named_directory(b"\xff\xff\xff", digest)
+
+
+def test_inode_numbers_are_never_given_out_twice() -> None:
+    """Forgotten inodes make room for new ones, but a number, once forgotten, means nothing."""
+    table = InodeTable()
+    seen: dict[int, FileNode] = {}
+    for n in range(2000):
+        node = FileNode(b"f", B3Digest(n.to_bytes(32, "little")), n)
+        ino = table.put(node)
+        assert ino not in seen and ino != ROOT_INODE
+        seen[ino] = node
+        table.handed_out(ino)
+        if n % 2:
+            table.forget(ino, 1)
+    assert len(table) == 1000
+    for ino, node in seen.items():
+        expected = None if node.size % 2 else FileInode(node.digest, node.size, False)
+        assert table.get(ino) == expected
+        assert table.lookups(ino) == (0 if node.size % 2 else 1)
+
+
+async def test_a_closure_larger_than_the_budget_keeps_its_first_part(
+    tree_store: Services,
+) -> None:
+    fetched = []
+
+    class Counting:
+        def __init__(self, inner: DirectoryService) -> None:
+            self.inner = inner
+
+        def get(self, digest: B3Digest, **kwargs: object) -> Directory:
+            fetched.append(digest)
+            return self.inner.get(digest)
+
+        def get_recursive(self, digest: B3Digest, **kwargs: object) -> Iterator[Directory]:
+            return self.inner.get_recursive(digest)
+
+    fs = model(tree_store, 1 << 20)
+    fs.directories = Counting(tree_store.directories)  # type: ignore[assignment]
+    fs.prefetch_limit = 10  # the root and its first 9 subdirectories come in one Get
+    tree, _ = await fs.lookup(ROOT_INODE, TREE.encode())
+    found = {}
+    for d in range(DIRS):
+        sub, _ = await fs.lookup(tree, b"d%03d" % d)
+        for f in range(FILES):
+            found[f"d{d:03}/f{f:03}"] = (await fs.lookup(sub, b"f%03d" % f))[1]
+    assert len(fetched) == DIRS - 9, "the first part of the closure was fetched again"
+    assert all(
+        data == FileInode(B3Digest(fx.b3(content(d, f))), len(content(d, f)), False)
+        for (d, f), data in zip(
+            ((d, f) for d in range(DIRS) for f in range(FILES)), found.values(), strict=True
+        )
+    )
+
+
+async def test_a_walk_through_subdirectories_fetches_the_next_ones_ahead(
+    tree_store: Services,
+) -> None:
+    fs = model(tree_store, 1 << 20)
+    fs.prefetch_limit = 0  # no closure: every directory is its own Get
+    tree, _ = await fs.lookup(ROOT_INODE, TREE.encode())
+    await fs.opendir(tree)
+    subdirs = [(await fs.lookup(tree, b"d%03d" % d))[1] for d in range(DIRS)]
+    digests = [data.digest for data in subdirs if isinstance(data, DirectoryInode)]
+    first, _ = await fs.lookup(tree, b"d000")
+    await fs.opendir(first)
+    assert [d in fs.listings for d in digests[:4]] == [True, False, False, False]
+    second, _ = await fs.lookup(tree, b"d001")
+    await fs.opendir(second)  # the second in a row: a walk
+    with trio.fail_after(10):
+        while not all(d in fs.listings for d in digests[2:10]):  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    assert not any(d in fs.listings for d in digests[10:])
