@@ -136,13 +136,15 @@ class DownloadValidator:
 def fetch_closure(
     directories: DirectoryService, digest: B3Digest, limit: int, max_cost: int | None = None
 ) -> dict[B3Digest, Directory] | None:
-    """The whole closure of `digest` in one recursive Get, or None where it cannot be had whole.
+    """The closure of `digest` from one recursive Get, root first.
 
-    None (and a debug line) for a closure of more than `limit` directories or, with
-    `max_cost`, of more memory than that (by `directory_cache.directory_cost`), a missing or
-    invalid member, or a server that stopped answering part way: the caller then fetches
-    directories one by one, so that only the broken part of a tree gives errors. A server that
-    gave no answer at all raises Unavailable, since a single Get would wait for the same silence.
+    A closure of more than `limit` directories or, with `max_cost`, of more memory than that
+    (by `directory_cache.directory_cost`) comes as its first part: each directory that arrived
+    was referenced by one before it, so the part is as verified as the whole, and the caller
+    fetches the rest one by one. None (and a debug line) for a missing or invalid member or a
+    server that stopped answering part way, so that only the broken part of a tree gives
+    errors. A server that gave no answer at all raises Unavailable, since a single Get would
+    wait for the same silence.
     """
     found: dict[B3Digest, Directory] = {}
     cost = 0
@@ -150,13 +152,10 @@ def fetch_closure(
     try:
         for directory in stream:
             found[directory.digest] = directory
-            if len(found) > limit:
-                log.debug("the closure of %s has more than %d directories", digest, limit)
-                return None
             cost += directory_cost(directory)
-            if max_cost is not None and cost > max_cost:
-                log.debug("the closure of %s needs more than %d bytes", digest, max_cost)
-                return None
+            if len(found) >= limit or (max_cost is not None and cost >= max_cost):
+                log.debug("the closure of %s: keeping its first %d directories", digest, len(found))
+                return found
     except Unavailable:
         if not found:
             raise

@@ -15,9 +15,10 @@ The memory budget is accounted by an estimate, `directory_cost`, not measured pe
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 
-from .codec import decode_directory
+from .codec import decode_named_directory
 from .digest import B3Digest
 from .directory import Directory, SizeFormula
 from .disk_cache import DiskChunkCache
@@ -40,7 +41,9 @@ def directory_cost(directory: Directory) -> int:
 
 
 class DirectoryCache:
-    """Directories by digest: memory (bounded, LRU), then disk; `put` only what is verified."""
+    """Directories by digest: memory (bounded, LRU), then disk; `put` only what is verified.
+
+    Thread-safe: the filesystem asks from its event loop while worker threads add."""
 
     def __init__(
         self,
@@ -52,23 +55,25 @@ class DirectoryCache:
         self.max_bytes = max_bytes
         self.disk = disk
         self.formula = formula
+        self._lock = threading.Lock()
         self._memory: OrderedDict[B3Digest, Directory] = OrderedDict()
         self._bytes = 0
         self.evictions = 0
 
     def get(self, digest: B3Digest, disk: bool = False) -> Directory | None:
         """From memory (never blocks), or with `disk` also from disk (blocking)."""
-        directory = self._memory.get(digest)
-        if directory is not None:
-            self._memory.move_to_end(digest)
-            return directory
+        with self._lock:
+            directory = self._memory.get(digest)
+            if directory is not None:
+                self._memory.move_to_end(digest)
+                return directory
         if not disk or self.disk is None:
             return None
         data = self.disk.get(digest)
         if data is None:
             return None
         try:
-            directory = decode_directory(data)
+            directory = decode_named_directory(data, digest)
             directory.validate(self.formula)
         except (CastoreError, ValueError) as exc:
             # The bytes matched the digest, so whoever wrote them hashed an invalid directory.
@@ -80,20 +85,22 @@ class DirectoryCache:
     def put(self, directory: Directory, *, disk: bool = True) -> None:
         """Keep a directory verified against its digest (and validated)."""
         digest = directory.digest
-        if digest not in self._memory:
-            self._keep(digest, directory)
+        self._keep(digest, directory)
         if disk and self.disk is not None:
             self.disk.put(digest, directory.encoded)
 
     def _keep(self, digest: B3Digest, directory: Directory) -> None:
         """The newest directory stays even past the budget: one larger than the whole budget
         is still being listed, and refetching it for every readdir call would be worse."""
-        self._memory[digest] = directory
-        self._bytes += directory_cost(directory)
-        while self._bytes > self.max_bytes and len(self._memory) > 1:
-            _, old = self._memory.popitem(last=False)
-            self._bytes -= directory_cost(old)
-            self.evictions += 1
+        with self._lock:
+            if digest in self._memory:
+                return
+            self._memory[digest] = directory
+            self._bytes += directory_cost(directory)
+            while self._bytes > self.max_bytes and len(self._memory) > 1:
+                _, old = self._memory.popitem(last=False)
+                self._bytes -= directory_cost(old)
+                self.evictions += 1
 
     def __contains__(self, digest: B3Digest) -> bool:
         return digest in self._memory

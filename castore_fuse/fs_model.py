@@ -18,9 +18,9 @@ import errno
 import itertools
 import logging
 from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, Iterable, MutableMapping
+from collections.abc import AsyncGenerator, MutableMapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import trio
 
@@ -51,6 +51,22 @@ ROOT_LISTING_BOUND = 16
 ROOT_NAMES = 65_536
 """Store path names (and root directories) remembered; past this the oldest are asked again."""
 
+DIRECTORIES_AHEAD = 8
+"""Subdirectories fetched ahead of a walk (find, du, tar), all at once: a walk that enters the
+subdirectories of a directory one after another finds the next ones fetched. Measured on a
+store path of 5,000 directories of 200 files, a cold find waited for each directory in turn."""
+
+WALK_POSITIONS = 200_000
+"""Subdirectories whose place among their siblings is remembered; past this it starts over."""
+
+
+@dataclass(slots=True, eq=False)
+class _Subdirectories:
+    """The subdirectories of one directory, in listing order, and the last one entered."""
+
+    digests: tuple[B3Digest, ...]
+    last: int = -2
+
 
 class FsError(Exception):
     """A filesystem-level refusal with its errno (ENOENT, ENOTDIR, EPERM, ...)."""
@@ -60,13 +76,15 @@ class FsError(Exception):
         self.errno = errno_
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One directory entry as readdir hands it out; `next_id` resumes after it."""
+class Entry(NamedTuple):
+    """One directory entry as readdir hands it out; `next_id` resumes after it.
+
+    A tuple carrying the node itself: a listing makes one per entry, and a frozen dataclass
+    and an inode record for each cost a tenth of a cold find's time."""
 
     name: bytes
     ino: int
-    data: InodeData
+    node: Node
     next_id: int
 
 
@@ -124,6 +142,8 @@ class CastoreFilesystem:
         self._files: dict[int, _OpenFile] = {}
         self.prefetcher = SiblingPrefetcher(readers)
         self.prefetch_limit = prefetch_directories
+        self._walk: dict[B3Digest, tuple[_Subdirectories, int]] = {}
+        self._ahead = trio.CapacityLimiter(DIRECTORIES_AHEAD)
 
     # -- inodes and names -------------------------------------------------------------------
 
@@ -173,9 +193,11 @@ class CastoreFilesystem:
         if not isinstance(data, DirectoryInode):
             raise FsError(errno.ENOTDIR)
         digest = data.digest
+        self._entered(digest)
         while True:
             directory = self.listings.get(digest)
             if directory is not None:
+                self._note_subdirectories(directory)
                 return directory
             pending = self._fetching.get(digest)
             if pending is not None:
@@ -183,42 +205,82 @@ class CastoreFilesystem:
                 continue
             done = self._fetching[digest] = trio.Event()
             try:
-                directory = await run_blocking(self.listings.get, digest, True)
-                if directory is None:
-                    directory = await self._fetch_directory(
-                        digest, root=digest in self._root_digests
-                    )
-                self.prefetcher.note_directory(directory)
-                return directory
+                fetched, closure = await run_blocking(
+                    self._load, digest, digest in self._root_digests
+                )
+                if closure is not None:
+                    self.prefetcher.note_tree(digest, closure)
+                self._note_subdirectories(fetched)
+                self.prefetcher.note_directory(fetched)
+                return fetched
             finally:
                 del self._fetching[digest]
                 done.set()
 
-    async def _fetch_directory(self, digest: B3Digest, *, root: bool) -> Directory:
-        """One Directory; under a root node, its whole closure at once (bounded).
+    def _load(
+        self, digest: B3Digest, root: bool
+    ) -> tuple[Directory, dict[B3Digest, Directory] | None]:
+        """A directory, and the part of its closure that came with it (blocking, one hop).
 
-        The first directory a walk enters below a root node is usually followed by the rest
-        of that tree, so one recursive Get replaces a round trip per directory.
+        From the disk cache if it is there, else from the server; the first directory a walk
+        enters below a root node is usually followed by the rest of that tree, so there one
+        recursive Get replaces a round trip per directory (up to half the memory budget).
         """
+        directory = self.listings.get(digest, disk=True)
+        if directory is not None:
+            return directory, None
         if root and self.prefetch_limit > 0:
-            closure = await run_blocking(
-                fetch_closure,
-                self.directories,
-                digest,
-                self.prefetch_limit,
-                self.listings.max_bytes // 2,
+            closure = fetch_closure(
+                self.directories, digest, self.prefetch_limit, self.listings.max_bytes // 2
             )
             if closure is not None:
-                await run_blocking(self._keep_all, closure.values())
-                self.prefetcher.note_tree(digest, closure)
-                return closure[digest]
-        directory = await run_blocking(self.directories.get, digest)
-        await run_blocking(self.listings.put, directory)
-        return directory
+                for member in closure.values():
+                    self.listings.put(member)
+                return closure[digest], closure
+        directory = self.directories.get(digest)
+        self.listings.put(directory)
+        return directory, None
 
-    def _keep_all(self, directories: Iterable[Directory]) -> None:
-        for directory in directories:
-            self.listings.put(directory)
+    # -- reading ahead of a walk through directories -----------------------------------------
+
+    def _note_subdirectories(self, directory: Directory) -> None:
+        """Where each subdirectory stands among its siblings (once per directory)."""
+        subdirectories = directory.directories
+        if not subdirectories or subdirectories[0].digest in self._walk:
+            return
+        if len(self._walk) > WALK_POSITIONS:
+            self._walk.clear()
+        siblings = _Subdirectories(tuple(node.digest for node in subdirectories))
+        for index, digest in enumerate(siblings.digests):
+            self._walk.setdefault(digest, (siblings, index))
+
+    def _entered(self, digest: B3Digest) -> None:
+        """A directory is being used: if it follows the last sibling entered, read ahead."""
+        position = self._walk.get(digest)
+        if position is None:
+            return
+        siblings, index = position
+        walking = siblings.last == index - 1
+        siblings.last = index
+        if not walking:
+            return
+        for ahead in siblings.digests[index + 1 : index + 1 + DIRECTORIES_AHEAD]:
+            if ahead not in self._fetching and ahead not in self.listings:
+                # Claimed here, so that a walk arriving there first waits for this fetch.
+                self._fetching[ahead] = trio.Event()
+                trio.lowlevel.spawn_system_task(self._fetch_ahead, ahead)
+
+    async def _fetch_ahead(self, digest: B3Digest) -> None:
+        """Fetch a directory the walk will want; a failure is only logged, since the walk
+        fetches it again (and sees the error) if it does come."""
+        try:
+            async with self._ahead:
+                directory, _ = await run_blocking(self._load, digest, False)
+                self.prefetcher.note_directory(directory)
+        except Exception as exc:
+            log.debug("reading directory %s ahead failed: %s", digest, exc)
+        finally:
+            self._fetching.pop(digest).set()
 
     # -- directories -------------------------------------------------------------------------
 
@@ -248,7 +310,7 @@ class CastoreFilesystem:
             put = self.inodes.put
             for index in range(start, len(ordered)):
                 node = ordered[index]
-                yield Entry(node.name, put(node), inode_data(node), index + 1)
+                yield Entry(node.name, put(node), node, index + 1)
             return
         async for entry in self._read_root_listing(listing, start):
             yield entry
@@ -273,7 +335,7 @@ class CastoreFilesystem:
             if listing.received <= start:
                 continue
             self._remember_root(value)
-            entry = Entry(value.name, self.inodes.put(value), inode_data(value), listing.received)
+            entry = Entry(value.name, self.inodes.put(value), value, listing.received)
             listing.pending.append(entry)
             yield entry
 

@@ -19,6 +19,8 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from castore_client.directory import DirectoryNode, FileNode, Node, SymlinkNode
+
 from .errno_map import errno_for
 from .fs_model import CastoreFilesystem
 from .inodes import ROOT_INODE, DirectoryInode, FileInode, InodeData, SymlinkInode
@@ -32,8 +34,8 @@ R = TypeVar("R")
 FOREVER = float(2**31)
 
 ATTRIBUTES_KEPT = 16_384
-"""Built attributes kept for reuse; the kernel caches them itself, so only repeated listings
-of the same directories gain, and a walk of millions must not keep one per inode."""
+"""Built attributes kept for reuse; the kernel caches them itself, so only repeated lookups
+gain, and a walk of millions must not keep one per inode."""
 
 
 def fuse_errors(
@@ -61,11 +63,12 @@ class CastoreOperations(pyfuse3.Operations):
     def __init__(self, fs: CastoreFilesystem) -> None:
         super().__init__()
         self.fs = fs
-        # An inode's attributes never change, and building them is a good part of the cost
-        # of each directory entry a listing hands out.
+        # An inode's attributes never change; lookups and getattrs of the same inodes (a
+        # build stat'ing its headers) reuse them.
         self._attributes: dict[int, pyfuse3.EntryAttributes] = {}
 
-    def attributes(self, ino: int, data: InodeData | None) -> pyfuse3.EntryAttributes:
+    def attributes(self, ino: int, data: InodeData | Node | None) -> pyfuse3.EntryAttributes:
+        """`data` is what the model says of the inode, or the node it stands for."""
         attr = self._attributes.get(ino)
         if attr is None:
             if len(self._attributes) >= ATTRIBUTES_KEPT:
@@ -73,30 +76,9 @@ class CastoreOperations(pyfuse3.Operations):
             attr = self._attributes[ino] = self._build_attributes(ino, data)
         return attr
 
-    def _build_attributes(self, ino: int, data: InodeData | None) -> pyfuse3.EntryAttributes:
-        attr = pyfuse3.EntryAttributes()
-        attr.st_ino = ino
-        attr.entry_timeout = FOREVER
-        attr.attr_timeout = FOREVER
-        attr.st_nlink = 1
-        attr.st_uid = 0
-        attr.st_gid = 0
-        attr.st_blksize = 512 * 1024
-        if data is None:
-            attr.st_mode = stat.S_IFDIR | 0o555
-            attr.st_size = 0
-        elif isinstance(data, DirectoryInode):
-            attr.st_mode = stat.S_IFDIR | 0o555
-            attr.st_size = data.size
-        elif isinstance(data, FileInode):
-            attr.st_mode = stat.S_IFREG | (0o555 if data.executable else 0o444)
-            attr.st_size = data.size
-            attr.st_blocks = (data.size + 511) // 512
-        else:
-            assert isinstance(data, SymlinkInode)
-            attr.st_mode = stat.S_IFLNK | 0o444
-            attr.st_size = len(data.target)
-        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = 0
+    def _build_attributes(self, ino: int, data: InodeData | Node | None) -> pyfuse3.EntryAttributes:
+        attr = _new_attributes()
+        _fill(attr, ino, data)
         return attr
 
     @fuse_errors
@@ -124,11 +106,14 @@ class CastoreOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        # readdir_reply copies the attributes into the reply, so one object serves every
+        # entry of the call, refilled: a cold find of 1,000,000 files spent 1.2 us per entry
+        # making a new one.
+        attr = _new_attributes()
         async with contextlib.aclosing(self.fs.readdir(fh, start_id)) as entries:
             async for entry in entries:
-                if not pyfuse3.readdir_reply(
-                    token, entry.name, self.attributes(entry.ino, entry.data), entry.next_id
-                ):
+                _fill(attr, entry.ino, entry.node)
+                if not pyfuse3.readdir_reply(token, entry.name, attr, entry.next_id):
                     break
                 # readdirplus: the kernel counts a lookup for every entry it was given.
                 self.fs.handed_out(entry.ino)
@@ -195,6 +180,37 @@ class CastoreOperations(pyfuse3.Operations):
     async def flush(self, fh: int) -> None:
         """ENOSYS: the kernel then stops sending FLUSH on every close (one request per file)."""
         raise pyfuse3.FUSEError(errno.ENOSYS)
+
+
+def _new_attributes() -> pyfuse3.EntryAttributes:
+    """A new EntryAttributes is zeroed, with one link (owner root, times 0, as wanted); this
+    sets what is the same for every inode."""
+    attr = pyfuse3.EntryAttributes()
+    attr.entry_timeout = FOREVER
+    attr.attr_timeout = FOREVER
+    attr.st_blksize = 512 * 1024
+    return attr
+
+
+def _fill(attr: pyfuse3.EntryAttributes, ino: int, data: InodeData | Node | None) -> None:
+    """What differs between inodes; `data` is the model's, or the node it stands for."""
+    attr.st_ino = ino
+    blocks = 0
+    if data is None:
+        attr.st_mode = stat.S_IFDIR | 0o555
+        attr.st_size = 0
+    elif isinstance(data, DirectoryInode | DirectoryNode):
+        attr.st_mode = stat.S_IFDIR | 0o555
+        attr.st_size = data.size
+    elif isinstance(data, FileInode | FileNode):
+        attr.st_mode = stat.S_IFREG | (0o555 if data.executable else 0o444)
+        attr.st_size = data.size
+        blocks = (data.size + 511) // 512
+    else:
+        assert isinstance(data, SymlinkInode | SymlinkNode)
+        attr.st_mode = stat.S_IFLNK | 0o444
+        attr.st_size = len(data.target)
+    attr.st_blocks = blocks
 
 
 def _erofs(name: str) -> Callable[..., Awaitable[Any]]:

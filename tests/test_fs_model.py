@@ -17,7 +17,7 @@ from castore_client.errors import BlobNotFound, DirectoryNotFound
 from castore_client.services import Services
 from castore_fuse.fs_model import CastoreFilesystem, Entry, FsError
 from castore_fuse.fuse_operations import CastoreOperations
-from castore_fuse.inodes import ROOT_INODE, DirectoryInode, FileInode, SymlinkInode
+from castore_fuse.inodes import ROOT_INODE, DirectoryInode, FileInode
 from castore_fuse.root_nodes import StaticRootNodes
 
 from . import fixtures as fx
@@ -95,7 +95,7 @@ async def test_readdir_order_and_resume(memory_store: Services) -> None:
     entries = await listing(fs, ino)
     assert [e.name for e in entries] == [b".keep", b"aa", b"keep"]
     assert [e.next_id for e in entries] == [1, 2, 3]
-    assert [type(e.data) for e in entries] == [FileInode, SymlinkInode, DirectoryInode]
+    assert [type(e.node) for e in entries] == [FileNode, SymlinkNode, DirectoryNode]
     assert [e.name for e in await listing(fs, ino, start=2)] == [b"keep"]
     assert await listing(fs, ino, start=3) == []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from ..closure import DownloadValidator, UploadValidator
-from ..codec import directory_from_pb, directory_to_pb
+from ..codec import decode_named_directory, directory_from_pb, directory_to_pb
 from ..digest import B3Digest
 from ..directory import Directory, SizeFormula
 from ..errors import (
@@ -21,6 +21,14 @@ from .endpoint import Endpoint
 from .status import translated
 
 SERVICE = "castore.v1.DirectoryService"
+
+
+class _Undecoded:
+    """A single Get's answer as the bytes that arrived, which are hashed before decoding."""
+
+    @staticmethod
+    def FromString(data: bytes) -> bytes:  # noqa: N802 - the protobuf decoder's name
+        return data
 
 
 class GrpcDirectoryService:
@@ -47,10 +55,13 @@ class GrpcDirectoryService:
         )
 
     def get(self, digest: B3Digest, *, timeout: float | None = None) -> Directory:
-        call = self._stream(digest, False, timeout)
+        request = dpb.GetDirectoryRequest(digest=digest.raw, recursive=False)
+        call = self.endpoint.server_stream(
+            SERVICE, "Get", request, _Undecoded, self._deadline(timeout), idempotent=True
+        )
         try:
             with translated(f"get directory {digest}", DirectoryNotFound):
-                messages = list(call)
+                messages: list[bytes] = list(call)
         finally:
             _cancel(call)
         if not messages:
@@ -58,11 +69,7 @@ class GrpcDirectoryService:
         if len(messages) > 1:
             raise ProtocolError(f"directory {digest}: {len(messages)} answers to a single Get")
         try:
-            directory = directory_from_pb(messages[0])
-            if directory.digest != digest:
-                raise DigestMismatch(
-                    f"directory {digest}: received one that hashes to {directory.digest}"
-                )
+            directory = decode_named_directory(messages[0], digest)
             directory.validate(self.formula)
         except DirectoryValidationError as exc:
             # Name the directory: the rule it breaks does not say which directory broke it.

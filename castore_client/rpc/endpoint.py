@@ -54,7 +54,7 @@ class Endpoint:
         )
         self.retry = retry or RetryPolicy()
         self._namespace = ResolvedNamespace(namespace)
-        self._callables: dict[tuple[int, str, str], Any] = {}
+        self._callables: dict[tuple[int, str, str, Any], Any] = {}
 
     @property
     def channels(self) -> list[grpc.Channel]:
@@ -81,7 +81,8 @@ class Endpoint:
         deserializer: Callable[[bytes], Any],
     ) -> Any:
         channel = self.channel
-        key = (self._failover.active, service, method)
+        # The decoder is part of the key: one method may be read as messages or as bytes.
+        key = (self._failover.active, service, method, deserializer)
         found = self._callables.get(key)
         if found is None:
             path = f"/{service_name(self.namespace, service)}/{method}"
