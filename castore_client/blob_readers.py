@@ -48,7 +48,14 @@ per small blob over loopback, about one round trip more over a LAN or WAN. At a 
 trip eager read-ahead made an import of numpy and trio 2.0 s instead of 3.3; at 0.5 ms it made
 it 1.2 s instead of 0.7, since a fetch not needed costs about as much client CPU as the round
 trip it saves: hence 5 ms, between the two. The quickest, not the average: a loaded client
-makes fetches slower, and an average let eager read-ahead keep itself going on a fast link."""
+makes fetches slower, and an average let eager read-ahead keep itself going on a fast link.
+And only fetches that started with at most QUIET_FETCHES running count: 32 read-ahead
+fetches at once queue at the server, so each took more than 5 ms on loopback, the link
+looked slow and stayed so, and a tar of every tenth directory of a large tree fetched the
+other nine in walk order too."""
+
+QUIET_FETCHES = 4
+"""Fetches at once (a fast link's read-ahead) whose times still show the link, not a queue."""
 
 RECENT_FETCHES = 16
 SLOW_AFTER = 4
@@ -78,6 +85,8 @@ class BlobReaders:
         self.timeout = timeout
         self.spool = spool
         self._fetch_times: deque[float] = deque(maxlen=RECENT_FETCHES)
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
 
     @staticmethod
     def is_small(size: int) -> bool:
@@ -97,8 +106,9 @@ class BlobReaders:
         return len(times) >= SLOW_AFTER and min(times) > SLOW_FETCH
 
     def note_fetch_time(self, seconds: float) -> None:
-        """How long one fetch from the server took, in seconds. Read-ahead's own fetches count
-        too: once it serves the reads, it is all that still shows the link."""
+        """How long one fetch from the server took, in seconds (one of few running at once).
+        Read-ahead's own fetches count too: once it serves the reads, it may be all that
+        still shows the link."""
         self._fetch_times.append(seconds)
 
     def has(self, digest: B3Digest) -> bool:
@@ -117,9 +127,17 @@ class BlobReaders:
         return OpenBlob(self, digest, size)
 
     def _fetch(self, meta: ChunkMeta, what: str) -> bytes:
+        with self._in_flight_lock:
+            self._in_flight += 1
+            quiet = self._in_flight <= QUIET_FETCHES
         started = time.monotonic()
-        data = fetch_verified(self.service, meta, timeout=self.timeout, what=what)
-        self.note_fetch_time(time.monotonic() - started)
+        try:
+            data = fetch_verified(self.service, meta, timeout=self.timeout, what=what)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
+        if quiet:
+            self.note_fetch_time(time.monotonic() - started)
         return data
 
     def _reader(self, digest: B3Digest, size: int) -> BlobReader:
