@@ -143,6 +143,7 @@ class CastoreFilesystem:
         self.prefetcher = SiblingPrefetcher(readers)
         self.prefetch_limit = prefetch_directories
         self._walk: dict[B3Digest, tuple[_Subdirectories, int]] = {}
+        self._in_use: dict[B3Digest, None] = {}
         self._ahead = trio.CapacityLimiter(DIRECTORIES_AHEAD)
 
     # -- inodes and names -------------------------------------------------------------------
@@ -197,7 +198,8 @@ class CastoreFilesystem:
         while True:
             directory = self.listings.get(digest)
             if directory is not None:
-                self._note_subdirectories(directory)
+                if digest not in self._in_use:
+                    self._first_use(digest, directory)
                 return directory
             pending = self._fetching.get(digest)
             if pending is not None:
@@ -210,8 +212,7 @@ class CastoreFilesystem:
                 )
                 if closure is not None:
                     self.prefetcher.note_tree(digest, closure)
-                self._note_subdirectories(fetched)
-                self.prefetcher.note_directory(fetched)
+                self._first_use(digest, fetched)
                 return fetched
             finally:
                 del self._fetching[digest]
@@ -243,10 +244,19 @@ class CastoreFilesystem:
 
     # -- reading ahead of a walk through directories -----------------------------------------
 
+    def _first_use(self, digest: B3Digest, directory: Directory) -> None:
+        """A directory is used for the first time since it was fetched (by this walk, ahead
+        of it, or with a closure): the read-ahead of files and of subdirectories learn it."""
+        if len(self._in_use) > WALK_POSITIONS:
+            self._in_use.clear()
+        self._in_use[digest] = None
+        self._note_subdirectories(directory)
+        self.prefetcher.note_directory(directory)
+
     def _note_subdirectories(self, directory: Directory) -> None:
-        """Where each subdirectory stands among its siblings (once per directory)."""
+        """Where each subdirectory stands among its siblings."""
         subdirectories = directory.directories
-        if not subdirectories or subdirectories[0].digest in self._walk:
+        if not subdirectories:
             return
         if len(self._walk) > WALK_POSITIONS:
             self._walk.clear()
@@ -275,8 +285,7 @@ class CastoreFilesystem:
         fetches it again (and sees the error) if it does come."""
         try:
             async with self._ahead:
-                directory, _ = await run_blocking(self._load, digest, False)
-                self.prefetcher.note_directory(directory)
+                await run_blocking(self._load, digest, False)
         except Exception as exc:
             log.debug("reading directory %s ahead failed: %s", digest, exc)
         finally:

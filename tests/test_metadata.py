@@ -451,3 +451,23 @@ async def test_a_walk_through_subdirectories_fetches_the_next_ones_ahead(
         while not all(d in fs.listings for d in digests[2:10]):  # noqa: ASYNC110
             await trio.sleep(0.01)
     assert not any(d in fs.listings for d in digests[10:])
+
+
+async def test_files_of_a_directory_that_came_with_a_closure_are_read_ahead(
+    tree_store: Services,
+) -> None:
+    """The closure's directories are in memory before anything uses them; the first use
+    still tells the read-ahead about their files (a tar over loopback took twice as long)."""
+    fs = model(tree_store, 1 << 20)
+    tree, _ = await fs.lookup(ROOT_INODE, TREE.encode())
+    sub, _ = await fs.lookup(tree, b"d005")
+    for f in (0, 1):
+        ino, _ = await fs.lookup(sub, b"f%03d" % f)
+        fh = await fs.open(ino)
+        assert await fs.read(fh, 0, 1 << 16) == content(5, f)
+        await fs.release(fh)
+    ahead = B3Digest(fx.b3(content(5, 10)))
+    with trio.fail_after(10):
+        while not fs.readers.has(ahead):  # noqa: ASYNC110 - polling the background fetch
+            await trio.sleep(0.01)
+    fs.prefetcher.close()

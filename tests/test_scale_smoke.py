@@ -143,19 +143,15 @@ def test_scale_small(tmp_path: pathlib.Path) -> None:
         assert line in stdout, stdout
 
     # Offline: the server is stopped and a fresh mount on the cache directory walks and reads
-    # again. Whether that works yet is the mount's business; the result must be recorded.
+    # again everything read before.
     offline = report["offline"]
     assert offline["requested"] is True
-    assert isinstance(offline["result"], str) and isinstance(offline["ok"], bool), offline
-    assert offline["ok"] == (offline["result"] == "ok")
-    assert f"offline: {offline['result']}" in stdout
-    if offline["ok"]:
-        walk, reread = offline["steps"]
-        assert walk["entries"] == tree_entries + wide_entries
-        assert walk["checked"]["entries"] == tree_entries + wide_entries
-        assert reread["checked"]["bytes_checked"] == tar_bytes
-    else:
-        assert offline["result"].startswith("failed: ") and "\n" not in offline["result"]
+    assert offline["result"] == "ok" and offline["ok"] is True, offline
+    assert "offline: ok" in stdout
+    walk, reread = offline["steps"]
+    assert walk["entries"] == tree_entries + wide_entries
+    assert walk["checked"]["entries"] == tree_entries + wide_entries
+    assert reread["checked"]["bytes_checked"] == tar_bytes
 
     # A second run reuses the store; a step that cannot finish in time fails the run (exit
     # status 1, the failure in the JSON) and still leaves nothing behind.
