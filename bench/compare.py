@@ -46,7 +46,6 @@ import platform
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -70,6 +69,7 @@ from harness import (
     random_reads,
     sequential_read,
     socket_ready,
+    tcp_ready,
     xof_pieces,
 )
 
@@ -293,19 +293,6 @@ def generate(data: pathlib.Path, big_size: int, dirs: int, per_dir: int, file_si
 
 # --------------------------------------------------------------------------------------------
 # The three setups and the ceiling
-
-
-def tcp_ready(port: int) -> Callable[[], bool]:
-    def ready() -> bool:
-        with socket.socket() as s:
-            s.settimeout(1)
-            try:
-                s.connect(("127.0.0.1", port))
-            except OSError:
-                return False
-        return True
-
-    return ready
 
 
 @contextlib.contextmanager

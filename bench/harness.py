@@ -98,6 +98,19 @@ def socket_ready(path: pathlib.Path) -> Callable[[], bool]:
     return ready
 
 
+def tcp_ready(port: int) -> Callable[[], bool]:
+    def ready() -> bool:
+        with socket.socket() as s:
+            s.settimeout(1)
+            try:
+                s.connect(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
+    return ready
+
+
 @contextlib.contextmanager
 def castore_server(workdir: pathlib.Path) -> Iterator[str]:
     sock = workdir / "castore.sock"

@@ -718,21 +718,6 @@ def count_lines(path: pathlib.Path) -> int:
     return count
 
 
-def tcp_ready(port: int) -> Callable[[], bool]:
-    import socket
-
-    def ready() -> bool:
-        with socket.socket() as s:
-            s.settimeout(1)
-            try:
-                s.connect(("127.0.0.1", port))
-            except OSError:
-                return False
-        return True
-
-    return ready
-
-
 def mounts_under(path: pathlib.Path) -> list[str]:
     """Mount points at or below `path`, from /proc/self/mounts, dead FUSE mounts included
     (os.path.ismount says False for those: their lstat fails with ENOTCONN)."""
@@ -881,7 +866,7 @@ def tar_action(run: Run, tree: pathlib.Path, members: pathlib.Path, timeout: flo
 
 
 def run_all(run: Run, store: pathlib.Path) -> None:
-    from harness import castore, castore_mount, free_port, process
+    from harness import castore, castore_mount, free_port, process, tcp_ready
 
     lay = run.layout
     mnt = run.run_dir / "mnt"

@@ -209,6 +209,19 @@ def mounted_paths() -> set[str]:
     return paths
 
 
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of running processes that contain `text` (what a test left behind)."""
+    found = []
+    for cmdline in pathlib.Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in argv:
+            found.append(argv)
+    return found
+
+
 def is_mounted(path: os.PathLike[str] | str) -> bool:
     return os.path.realpath(path) in mounted_paths()
 

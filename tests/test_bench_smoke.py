@@ -19,7 +19,7 @@ import sys
 
 import pytest
 
-from .fuse_harness import require_fuse
+from .fuse_harness import processes_mentioning, require_fuse
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 COMPARE = ROOT / "bench" / "compare"
@@ -43,18 +43,6 @@ def require(what: str, present: bool) -> None:
         if "CI" in os.environ:
             pytest.fail(f"bench/compare needs {what}, and CI is set")
         pytest.skip(f"bench/compare needs {what}")
-
-
-def processes_mentioning(text: str) -> list[str]:
-    found = []
-    for cmdline in pathlib.Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in argv:
-            found.append(argv)
-    return found
 
 
 @pytest.mark.fuse

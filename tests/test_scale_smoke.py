@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from .fuse_harness import require_fuse
+from .fuse_harness import processes_mentioning, require_fuse
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCALE = ROOT / "bench" / "scale.py"
@@ -32,18 +32,6 @@ SCALE = ROOT / "bench" / "scale.py"
 FILES, PER_DIR, WIDE = 20_000, 200, 5_000
 STEPS = ["find_cold", "find_2", "ls_wide", "stat_all", "tar_10pct", "find_3"]
 TARGETS = 6
-
-
-def processes_mentioning(text: str) -> list[str]:
-    found = []
-    for cmdline in pathlib.Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in argv:
-            found.append(argv)
-    return found
 
 
 def run_scale(workdir: pathlib.Path, out: pathlib.Path, *extra: str) -> subprocess.Popen[str]:
