@@ -30,6 +30,7 @@ from castore_client.text import printable
 
 from .fs_model import CastoreFilesystem
 from .fuse_operations import CastoreOperations
+from .systemd import notify
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ def run_mount(fs: CastoreFilesystem, options: MountOptions) -> None:
         try:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", options.mountpoint)
+            notify("STOPPING=1", f"STATUS=unmounted {options.mountpoint}")
         finally:
             fs.close()
 
@@ -189,6 +191,7 @@ async def _stop_on_signals(scope: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("%s: unmounting", signal.Signals(signum).name)
+            notify("STOPPING=1", f"STATUS=unmounting ({signal.Signals(signum).name})")
             pyfuse3.terminate()
             break
         with trio.move_on_after(SHUTDOWN_GRACE):
@@ -208,6 +211,7 @@ async def _announce_when_ready(mountpoint: str) -> None:
     st = await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
     await trio.to_thread.run_sync(_raise_readahead, st.st_dev, abandon_on_cancel=True)
     log.info("ready: castore mounted on %s", mountpoint)
+    notify("READY=1", f"STATUS=serving {mountpoint}")
 
 
 def _raise_readahead(dev: int) -> None:

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from castore_client.errors import CastoreError
 from castore_client.text import printable
@@ -36,10 +37,28 @@ def build_parser() -> argparse.ArgumentParser:
             "memory://, file:///PATH."
         ),
     )
+    parser.add_argument(
+        "--version",
+        action=_Version,
+        help="print the versions of castore-fuse, grpcio, pyfuse3 and libfuse, and exit",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         command.add_parser(subparsers)
     return parser
+
+
+class _Version(argparse.Action):
+    """--version, worked out only when asked for (it loads libfuse to ask its version)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        from ..versions import version_text
+
+        print(version_text())
+        parser.exit()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

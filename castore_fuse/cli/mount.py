@@ -87,6 +87,11 @@ def add_parser(subparsers: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..versions import pyfuse3_problem
+
+    problem = pyfuse3_problem()
+    if problem is not None:
+        raise UsageError(problem)
     from ..mount import MountError, MountOptions, check_mountpoint, run_mount
 
     config = client_config(args)
