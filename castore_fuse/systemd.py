@@ -25,6 +25,10 @@ def notify(*lines: str) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.sendto(message, address)
+    except (ConnectionRefusedError, FileNotFoundError) as exc:
+        # Nobody listens any more: `castore SOURCE MOUNTPOINT -o ...` waits only for READY.
+        log.debug("cannot notify systemd at %s: %s", os.environ["NOTIFY_SOCKET"], exc)
+        return False
     except OSError as exc:
         log.warning("cannot notify systemd at %s: %s", os.environ["NOTIFY_SOCKET"], exc)
         return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import secrets
@@ -82,6 +83,7 @@ def test_an_unreachable_notify_socket_is_logged_not_raised(
 ) -> None:
     from castore_fuse.systemd import notify
 
+    caplog.set_level(logging.DEBUG, logger="castore_fuse.systemd")
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody"))
     assert notify("READY=1") is False
     assert "cannot notify systemd" in caplog.text

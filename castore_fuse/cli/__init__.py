@@ -18,7 +18,7 @@ from typing import Any
 from castore_client.errors import CastoreError
 from castore_client.text import printable
 
-from . import importing, mount, serve
+from . import fstab, importing, mount, serve
 from .options import UsageError
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -29,6 +29,11 @@ log = logging.getLogger("castore")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    return _parsers()[0]
+
+
+def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The `castore` parser and its subcommands' parsers by name."""
     parser = argparse.ArgumentParser(
         prog="castore",
         description=(
@@ -45,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         command.add_parser(subparsers)
-    return parser
+    return parser, dict(subparsers.choices)
 
 
 class _Version(argparse.Action):
@@ -62,8 +67,17 @@ class _Version(argparse.Action):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser, commands = _parsers()
+    if fstab.is_fstab_call(arguments, list(commands)):
+        try:
+            mount_arguments = fstab.mount_arguments(arguments, commands["mount"])
+        except UsageError as exc:
+            print(f"castore: error: {printable(str(exc))}", file=sys.stderr)
+            return 2
+        return fstab.run_in_background(mount_arguments, main)
     _grpc_environment()
-    args = build_parser().parse_args(argv)
+    args = parser.parse_args(arguments)
     _setup_logging(args.verbose)
     try:
         return int(args.run(args))
