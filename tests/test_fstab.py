@@ -70,8 +70,8 @@ def test_mount_t_fuse_mounts_with_mount_options(
     require_mount_helper()
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    done = mount_t(str(server.address), mountpoint, "ro,list_root,timeout=5,_netdev,nofail")
     try:
+        done = mount_t(str(server.address), mountpoint, "ro,list_root,timeout=5,_netdev,nofail")
         assert done.returncode == 0, done.stderr
         # mount(8) returned, so the mount is there and answers, in the background.
         assert is_mounted(mountpoint)
@@ -100,12 +100,17 @@ def test_bad_mount_options_are_one_line_and_nothing_is_mounted(
     require_mount_helper()
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    done = mount_t(str(server.address), mountpoint, options)
+    try:
+        done = mount_t(str(server.address), mountpoint, options)
+        mounted = is_mounted(mountpoint)
+    finally:
+        if is_mounted(mountpoint):
+            subprocess.run(["umount", str(mountpoint)], check=False, timeout=30)
     assert done.returncode != 0
     assert message in done.stderr, done.stderr
     ours = [line for line in done.stderr.splitlines() if "castore" in line]
     assert len(ours) == 1 and ours[0].startswith(f"castore: error: {message}"), done.stderr
-    assert not is_mounted(mountpoint)
+    assert not mounted
 
 
 def test_an_unreachable_server_fails_the_mount_command(tmp_path: pathlib.Path) -> None:
@@ -113,7 +118,12 @@ def test_an_unreachable_server_fails_the_mount_command(tmp_path: pathlib.Path) -
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     dead = f"grpc+unix://{tmp_path}/nobody.sock"
-    done = mount_t(dead, mountpoint, "ro,connect_timeout=1")
+    try:
+        done = mount_t(dead, mountpoint, "ro,connect_timeout=1")
+        mounted = is_mounted(mountpoint)
+    finally:
+        if is_mounted(mountpoint):
+            subprocess.run(["umount", str(mountpoint)], check=False, timeout=30)
     assert done.returncode != 0
     assert "castore mount: error:" in done.stderr, done.stderr
-    assert not is_mounted(mountpoint)
+    assert not mounted
