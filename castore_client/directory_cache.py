@@ -23,6 +23,7 @@ from .digest import B3Digest
 from .directory import Directory, SizeFormula
 from .disk_cache import DiskChunkCache
 from .errors import CastoreError
+from .services import DirectoryService
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,14 @@ class DirectoryCache:
             log.warning("disk cache: directory %s is not valid (%s); ignoring it", digest, exc)
             return None
         self._keep(digest, directory)
+        return directory
+
+    def load(self, digest: B3Digest, directories: DirectoryService) -> Directory:
+        """From memory, disk, or else `directories` (then kept); blocking."""
+        directory = self.get(digest, disk=True)
+        if directory is None:
+            directory = directories.get(digest)
+            self.put(directory)
         return directory
 
     def put(self, directory: Directory, *, disk: bool = True) -> None:

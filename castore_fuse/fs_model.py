@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncGenerator, MutableMapping
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
@@ -134,8 +134,8 @@ class CastoreFilesystem:
         self.xattr_prefix = f"user.{xattr_namespace}.castore.".encode()
         self.inodes = InodeTable()
         self.listings = listings if listings is not None else DirectoryCache()
-        self._root_names: OrderedDict[bytes, Node] = OrderedDict()
-        self._root_digests: OrderedDict[B3Digest, None] = OrderedDict()
+        self._root_names: dict[bytes, Node] = {}
+        self._root_digests: dict[B3Digest, None] = {}
         self._fetching: dict[B3Digest, trio.Event] = {}
         self._handles = itertools.count(1)
         self._dirs: dict[int, _RootListing | _DirListing] = {}
@@ -227,10 +227,7 @@ class CastoreFilesystem:
         enters below a root node is usually followed by the rest of that tree, so there one
         recursive Get replaces a round trip per directory (up to half the memory budget).
         """
-        directory = self.listings.get(digest, disk=True)
-        if directory is not None:
-            return directory, None
-        if root and self.prefetch_limit > 0:
+        if root and self.prefetch_limit > 0 and self.listings.get(digest, disk=True) is None:
             closure = fetch_closure(
                 self.directories, digest, self.prefetch_limit, self.listings.max_bytes // 2
             )
@@ -238,9 +235,7 @@ class CastoreFilesystem:
                 for member in closure.values():
                     self.listings.put(member)
                 return closure[digest], closure
-        directory = self.directories.get(digest)
-        self.listings.put(directory)
-        return directory, None
+        return self.listings.load(digest, self.directories), None
 
     # -- reading ahead of a walk through directories -----------------------------------------
 

@@ -73,12 +73,8 @@ class CastoreOperations(pyfuse3.Operations):
         if attr is None:
             if len(self._attributes) >= ATTRIBUTES_KEPT:
                 self._attributes.clear()
-            attr = self._attributes[ino] = self._build_attributes(ino, data)
-        return attr
-
-    def _build_attributes(self, ino: int, data: InodeData | Node | None) -> pyfuse3.EntryAttributes:
-        attr = _new_attributes()
-        _fill(attr, ino, data)
+            attr = self._attributes[ino] = _new_attributes()
+            _fill(attr, ino, data)
         return attr
 
     @fuse_errors

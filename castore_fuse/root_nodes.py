@@ -13,13 +13,11 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Protocol
 
-from castore_client.codec import decode_directory
 from castore_client.digest import B3Digest
 from castore_client.directory import Directory, Node, validate_name
 from castore_client.directory_cache import DirectoryCache
 from castore_client.disk_cache import DiskChunkCache
 from castore_client.errors import (
-    CastoreError,
     DirectoryValidationError,
     InvalidStorePath,
     PathInfoNotFound,
@@ -81,9 +79,12 @@ class RememberedRootNodes:
     server has since deleted keeps resolving from the cache until the cache forgets it.
     """
 
-    def __init__(self, inner: RootNodes, disk: DiskChunkCache, scope: str) -> None:
+    def __init__(self, inner: RootNodes, cache: DirectoryCache, scope: str) -> None:
+        if cache.disk is None:
+            raise ValueError("remembered root nodes need a directory cache with a disk tier")
         self.inner = inner
-        self.disk = disk
+        self.cache = cache
+        self.disk: DiskChunkCache = cache.disk
         self.scope = scope.encode()
 
     def get(self, name: bytes) -> Node | None:
@@ -94,22 +95,15 @@ class RememberedRootNodes:
         node = self.inner.get(name)
         if node is not None:
             record = Directory.of([node])
-            self.disk.put(record.digest, record.encoded)
+            self.cache.put(record)
             self.disk.put_ref(key, record.digest)
         return node
 
     def _remembered(self, key: bytes, name: bytes) -> Node | None:
+        """The record is a directory like any other: verified and validated on the way out."""
         digest = self.disk.get_ref(key)
-        data = None if digest is None else self.disk.get(digest)
-        if data is None:
-            return None
-        try:
-            record = decode_directory(data)
-            record.validate()
-        except (CastoreError, ValueError) as exc:
-            log.warning("disk cache: the record of root node %r is not valid: %s", name, exc)
-            return None
-        return _checked(record.child(name), name)
+        record = None if digest is None else self.cache.get(digest, disk=True)
+        return None if record is None else _checked(record.child(name), name)
 
     def list(self) -> Iterator[Node]:
         return self.inner.list()
@@ -133,12 +127,11 @@ class DirectoryRootNodes:
     def _get_directory(self) -> Directory:
         with self._lock:
             if self._directory is None:
-                found = None if self.cache is None else self.cache.get(self.digest, disk=True)
-                if found is None:
-                    found = self.directories.get(self.digest)
-                    if self.cache is not None:
-                        self.cache.put(found)
-                self._directory = found
+                self._directory = (
+                    self.directories.get(self.digest)
+                    if self.cache is None
+                    else self.cache.load(self.digest, self.directories)
+                )
             return self._directory
 
     def get(self, name: bytes) -> Node | None:

@@ -168,7 +168,7 @@ def _filesystem(
         root_nodes = PathInfoRootNodes(services.path_infos)
         if chunks.disk is not None:
             scope = ",".join(str(address) for address in config.path_infos)
-            root_nodes = RememberedRootNodes(root_nodes, chunks.disk, scope)
+            root_nodes = RememberedRootNodes(root_nodes, listings, scope)
     return CastoreFilesystem(
         BlobReaders(services.blobs, chunks, spool=_spool(args)),
         services.directories,
